@@ -1,0 +1,184 @@
+"""The batch tool's asyncio executor, rebuilt on the daemon's job runner.
+
+Same public API as before (``execute_parallel_async``, ``execute_single_async``, the sync
+``execute_parallel`` / ``execute_single`` and ``should_parallelize``); what changed is under
+it: every script runs in its own process group through ``runner.run_job``, so a timeout
+kills the script's whole tree, nothing is left behind, output is bounded, and
+``max_concurrent_tests`` is honoured.
+
+Logs in library use: none by default (the result's ``stdout`` holds the output tail);
+``FalsificationConfig.log_dir`` turns on one capped log file per hypothesis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.parse
+import uuid
+from collections.abc import Coroutine, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .config import FalsificationConfig, Hypothesis, TestExecutionResult, TestResult
+from .runner import JobOutcome, JobSpec, run_job
+
+T = TypeVar("T")
+
+_RESULTS: dict[str, TestResult] = {
+    "pass": TestResult.PASS,
+    "fail": TestResult.FAIL,
+    "timeout": TestResult.TIMEOUT,
+    "error": TestResult.ERROR,
+}
+
+
+def confidence_for(result: TestResult, duration: float) -> float:
+    """How much a result says about its hypothesis: quick results are likelier flukes."""
+    if result is TestResult.TIMEOUT:
+        return 0.3
+    if result is TestResult.ERROR:
+        return 0.2
+    return 0.6 if duration < 5.0 else 0.85
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from synchronous code.
+
+    With no event loop running in this thread it is ``asyncio.run``. Called from inside a
+    running loop (a coroutine, a notebook), ``asyncio.run`` would refuse, so the coroutine
+    gets a fresh loop in a worker thread and this thread blocks until it is done; the
+    caller's loop is blocked meanwhile, which is what a sync call means.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="po-sync") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class AsyncTestExecutor:
+    """Runs ``<worktree>/.falsification/test_<id>.sh`` per hypothesis, bounded in parallel."""
+
+    def __init__(self, config: FalsificationConfig | None = None) -> None:
+        self.config = config if config is not None else FalsificationConfig()
+
+    @staticmethod
+    def script_path(hypothesis: Hypothesis, worktree: Path) -> Path:
+        return Path(worktree) / ".falsification" / f"test_{hypothesis.id}.sh"
+
+    def _error(
+        self, hypothesis: Hypothesis, worktree: Path | None, message: str, duration: float = 0.0
+    ) -> TestExecutionResult:
+        return TestExecutionResult(
+            hypothesis_id=hypothesis.id,
+            result=TestResult.ERROR,
+            duration=duration,
+            exit_code=-1,
+            worktree_path="" if worktree is None else str(worktree),
+            error_message=message,
+            metrics={"confidence": confidence_for(TestResult.ERROR, duration)},
+        )
+
+    def _spec(self, hypothesis: Hypothesis, worktree: Path, script: Path) -> JobSpec:
+        cfg = self.config
+        env = dict(os.environ)
+        env["PO_HYPOTHESIS"] = hypothesis.id
+        env["PO_WORKTREE"] = str(worktree)
+        log_path = None
+        if cfg.log_dir is not None:
+            log_path = Path(cfg.log_dir) / (urllib.parse.quote(hypothesis.id, safe="") + ".log")
+        return JobSpec(
+            argv=(str(script),),
+            cwd=worktree,
+            env=env,
+            timeout_s=float(cfg.test_timeout),
+            kill_grace_s=float(cfg.kill_grace_s),
+            job_id=f"exec-{uuid.uuid4().hex}",
+            log_path=log_path,
+            max_log_bytes=cfg.max_log_bytes,
+            tail_bytes=cfg.max_output_bytes,
+        )
+
+    @staticmethod
+    def _from_outcome(
+        hypothesis: Hypothesis, worktree: Path, outcome: JobOutcome, spec: JobSpec
+    ) -> TestExecutionResult:
+        result = _RESULTS[outcome.result]
+        metrics: dict[str, Any] = {
+            "confidence": confidence_for(result, outcome.duration_s),
+            "job_id": spec.job_id,
+        }
+        if spec.log_path is not None:
+            metrics["log_path"] = str(spec.log_path)
+        return TestExecutionResult(
+            hypothesis_id=hypothesis.id,
+            result=result,
+            duration=outcome.duration_s,
+            stdout=outcome.output_tail,
+            exit_code=-1 if outcome.exit_code is None else outcome.exit_code,
+            worktree_path=str(worktree),
+            error_message=outcome.error_message,
+            metrics=metrics,
+        )
+
+    async def execute_single_async(
+        self, hypothesis: Hypothesis, worktree: Path | str
+    ) -> TestExecutionResult:
+        """Run one hypothesis's script; never raises for a failing or missing script."""
+        worktree = Path(worktree)
+        script = self.script_path(hypothesis, worktree)
+        if not script.is_file():
+            return self._error(hypothesis, worktree, f"test script not found: {script}")
+        spec = self._spec(hypothesis, worktree, script)
+        outcome = await run_job(spec)
+        return self._from_outcome(hypothesis, worktree, outcome, spec)
+
+    async def execute_parallel_async(
+        self, hypotheses: Iterable[Hypothesis], worktrees: Mapping[str, Path | str]
+    ) -> list[TestExecutionResult]:
+        """Results in input order; at most ``max_concurrent_tests`` scripts at a time."""
+        hypotheses = list(hypotheses)
+        limit = asyncio.Semaphore(max(1, int(self.config.max_concurrent_tests)))
+
+        async def one(h: Hypothesis) -> TestExecutionResult:
+            worktree = worktrees.get(h.id)
+            if worktree is None:
+                return self._error(h, None, f"no worktree given for hypothesis {h.id!r}")
+            async with limit:
+                return await self.execute_single_async(h, worktree)
+
+        # A TaskGroup, not gather: if one task fails unexpectedly, the others are
+        # cancelled *and awaited*, so their process groups are killed before we return.
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(h)) for h in hypotheses]
+        return [t.result() for t in tasks]
+
+    def execute_parallel(
+        self, hypotheses: Iterable[Hypothesis], worktrees: Mapping[str, Path | str]
+    ) -> list[TestExecutionResult]:
+        """Sync form of ``execute_parallel_async`` (see ``run_sync``)."""
+        return run_sync(self.execute_parallel_async(hypotheses, worktrees))
+
+    def execute_single(self, hypothesis: Hypothesis, worktree: Path | str) -> TestExecutionResult:
+        """Sync form of ``execute_single_async``; ``test_timeout`` is enforced by the runner."""
+        return run_sync(self.execute_single_async(hypothesis, worktree))
+
+    def should_parallelize(self, hypotheses: Iterable[Hypothesis]) -> bool:
+        """Parallel only pays when the time saved beats the worktree/session overheads.
+
+        Sequential costs sum(estimates); parallel costs about max(estimates) plus a fixed
+        overhead plus a per-hypothesis one (worktree creation, session start, cleanup).
+        """
+        estimates = [float(h.estimated_test_time) for h in hypotheses]
+        if len(estimates) <= 1:
+            return False
+        cfg = self.config
+        parallel = (
+            max(estimates)
+            + cfg.parallel_overhead_s
+            + cfg.per_hypothesis_overhead_s * len(estimates)
+        )
+        return sum(estimates) > parallel

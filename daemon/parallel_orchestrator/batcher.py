@@ -1,0 +1,122 @@
+"""Debounce changes into batches, and hold a worktree's changes while git works in it.
+
+Pure logic driven by explicit timestamps, so tests use a fake clock: the daemon calls
+``add`` for every change it sees, asks ``next_deadline`` when to wake up, and calls
+``close_due(now)`` then. A batch closes ``debounce_s`` after its last change or
+``max_wait_s`` after its first, whichever comes first. At close, a hypothesis whose git
+``index.lock`` exists (a checkout, rebase or commit in progress) keeps its changes
+``held`` until the lock goes, then they leave as one batch: a ``git checkout`` of 1,000
+files becomes one run, not a run on a half-written tree.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+# A git operation that leaves index.lock behind (a crash) must not hold changes forever.
+STALE_LOCK_S = 30.0
+LOCK_RECHECK_S = 0.25
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    changes: dict[str, set[str]]
+    first_change: float
+    closed_at: float
+    reason: str = "changes"  # "changes" | "git_op_finished" | "git_lock_stale"
+
+    @property
+    def changed_count(self) -> int:
+        return sum(len(p) for p in self.changes.values())
+
+
+@dataclass
+class _Held:
+    paths: set[str] = field(default_factory=set)
+    since: float = 0.0
+
+
+class Batcher:
+    def __init__(
+        self,
+        debounce_s: float,
+        max_wait_s: float,
+        is_locked: Callable[[str], bool],
+        id_prefix: str = "b",
+    ) -> None:
+        self.debounce_s = debounce_s
+        self.max_wait_s = max_wait_s
+        self._is_locked = is_locked
+        self._ids = itertools.count(1)
+        self._prefix = id_prefix
+        self._pending: dict[str, set[str]] = {}
+        self._first: float | None = None
+        self._last: float | None = None
+        self.held: dict[str, _Held] = {}
+
+    def next_batch_id(self) -> str:
+        return f"{self._prefix}{next(self._ids)}"
+
+    def add(self, hyp: str, paths: Iterable[str], first: float, last: float) -> None:
+        """Record changes; ``first``/``last`` are the estimated times they happened."""
+        bucket = self._pending.setdefault(hyp, set())
+        bucket.update(paths)
+        if not bucket:
+            del self._pending[hyp]
+            return
+        self._first = first if self._first is None else min(self._first, first)
+        self._last = last if self._last is None else max(self._last, last)
+
+    def forget(self, hyp: str) -> None:
+        """A removed hypothesis: drop whatever it had pending or held."""
+        self._pending.pop(hyp, None)
+        self.held.pop(hyp, None)
+        if not self._pending:
+            self._first = self._last = None
+
+    def next_deadline(self, now: float) -> float | None:
+        deadlines: list[float] = []
+        if self._first is not None and self._last is not None:
+            deadlines.append(min(self._first + self.max_wait_s, self._last + self.debounce_s))
+        if self.held:
+            # Locks are also watched through the watcher; this recheck is a safety net for
+            # a lock removal the watcher missed, and bounds a stale lock.
+            deadlines.append(now + LOCK_RECHECK_S)
+        if not deadlines:
+            return None
+        return min(deadlines)
+
+    def close_due(self, now: float) -> list[Batch]:
+        out: list[Batch] = []
+        if self._first is not None and self._last is not None:
+            deadline = min(self._first + self.max_wait_s, self._last + self.debounce_s)
+            if now >= deadline:
+                ready: dict[str, set[str]] = {}
+                for hyp, paths in self._pending.items():
+                    if hyp in self.held or self._is_locked(hyp):
+                        held = self.held.setdefault(hyp, _Held(since=now))
+                        held.paths |= paths
+                    else:
+                        ready[hyp] = paths
+                if ready:
+                    out.append(Batch(self.next_batch_id(), ready, self._first, now))
+                self._pending = {}
+                self._first = self._last = None
+        out.extend(self._release_held(now))
+        return out
+
+    def _release_held(self, now: float) -> list[Batch]:
+        released: list[Batch] = []
+        for hyp in list(self.held):
+            held = self.held[hyp]
+            stale = now - held.since >= STALE_LOCK_S
+            if stale or not self._is_locked(hyp):
+                del self.held[hyp]
+                reason = "git_lock_stale" if stale else "git_op_finished"
+                released.append(
+                    Batch(self.next_batch_id(), {hyp: held.paths}, held.since, now, reason)
+                )
+        return released

@@ -1,0 +1,244 @@
+"""The command line; the only module that turns outcomes into exit codes.
+
+Exit codes (a contract): 0 success; 1 some job did not pass; 2 usage or configuration
+error; 3 (``status``) no status file to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_STATUS = 0, 1, 2, 3
+PROG = "parallel-orchestrator"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    for line in message.splitlines() or [message]:
+        print(f"{PROG}: {line}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Watch git worktrees (hypotheses) and rerun the "
+                "scripts each edit affects.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="the daemon, in the foreground")
+    run.add_argument("-c", "--config", help="config file (default: see README)")
+
+    once = sub.add_parser("once", help="run every selected script once and report")
+    once.add_argument("-c", "--config")
+    once.add_argument("--hypothesis", action="append", default=[], metavar="ID",
+                      help="only this hypothesis (repeatable)")
+    once.add_argument("--script", action="append", default=[], metavar="NAME",
+                      help="only this script (repeatable)")
+    once.add_argument("--json", action="store_true", help="machine-readable output")
+
+    st = sub.add_parser("status", help="show the daemon's status file")
+    src = st.add_mutually_exclusive_group()
+    src.add_argument("-c", "--config")
+    src.add_argument("--status-file", metavar="PATH")
+    st.add_argument("--json", action="store_true", help="print the status document")
+    st.add_argument("--watch", action="store_true", help="redraw when it changes")
+
+    chk = sub.add_parser("check", help="validate the config and show what it finds")
+    chk.add_argument("-c", "--config")
+
+    ini = sub.add_parser("init", help="write a config proposed from the repository")
+    ini.add_argument("--repo", metavar="DIR")
+    ini.add_argument("--output", metavar="FILE")
+    ini.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    demo = sub.add_parser("demo", help="a throwaway repository, the real daemon, 60 s")
+    demo.add_argument("--keep", action="store_true", help="keep the demo folder")
+    return p
+
+
+# -- helpers --------------------------------------------------------------------------
+def _load(config: str | None):  # -> Settings
+    from .settings import locate_and_load
+
+    return locate_and_load(config)
+
+
+def _discover(settings, strict: bool = True):  # -> list[Worktree]
+    from .worktrees import discover
+
+    return discover(settings.worktrees, strict=strict)
+
+
+# -- commands -------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon, DaemonError
+    from .eventlog import configure_logging
+    from .settings import ConfigError
+
+    try:
+        settings = _load(args.config)
+    except ConfigError as exc:
+        return _fail("\n".join(exc.errors))
+    d = settings.daemon
+    try:
+        configure_logging(d.log_level, d.log_file)
+    except OSError as exc:
+        return _fail(f"log file {d.log_file}: cannot open: {exc.strerror or exc}")
+    try:
+        return asyncio.run(Daemon(settings).run())
+    except DaemonError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .settings import ConfigError
+    from .worktrees import WorktreeError
+
+    try:
+        settings = _load(args.config)
+        worktrees = _discover(settings)
+    except (ConfigError, WorktreeError) as exc:
+        errors = getattr(exc, "errors", None) or [str(exc)]
+        return _fail("\n".join(errors))
+    d = settings.daemon
+    cfg = os.fsdecode(settings.config_path) if settings.config_path else "(embedded default)"
+    print(f"config:      {cfg}")
+    print(f"state dir:   {os.fsdecode(d.state_dir)}")
+    print(f"status file: {os.fsdecode(d.status_file)}")
+    print(f"log:         {os.fsdecode(d.log_file) if d.log_file else 'stdout (JSON lines)'}")
+    print(f"batching:    debounce {d.debounce_ms} ms, max wait {d.max_batch_wait_ms} ms; "
+          f"concurrency {d.concurrency}; on_busy {d.on_busy}")
+    print(f"hypotheses ({len(worktrees)}):")
+    for wt in worktrees:
+        branch = wt.branch or "(detached)"
+        print(f"  {wt.id:<24} {branch:<24} {os.fsdecode(wt.path)}")
+    print(f"scripts ({len(settings.scripts)}):")
+    for s in settings.scripts:
+        print(f"  {s.name:<24} {' '.join(s.command)}")
+        print(f"  {'':<24} watch {', '.join(s.watch)}; timeout {s.timeout_s:g}s")
+    if not worktrees:
+        print("warning: no hypothesis found (check worktrees.repo / paths / include)")
+    return EXIT_OK
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from .oneshot import render_results, run_once
+    from .settings import ConfigError
+    from .worktrees import WorktreeError
+
+    try:
+        settings = _load(args.config)
+        worktrees = _discover(settings)
+    except (ConfigError, WorktreeError) as exc:
+        errors = getattr(exc, "errors", None) or [str(exc)]
+        return _fail("\n".join(errors))
+    known_h = {wt.id for wt in worktrees}
+    known_s = {s.name for s in settings.scripts}
+    for h in args.hypothesis:
+        if h not in known_h:
+            return _fail(f"--hypothesis {h}: no such hypothesis (known: "
+                         f"{', '.join(sorted(known_h)) or 'none'})")
+    for s in args.script:
+        if s not in known_s:
+            return _fail(f"--script {s}: no such script (known: {', '.join(sorted(known_s))})")
+    selected_wt = [wt for wt in worktrees if not args.hypothesis or wt.id in args.hypothesis]
+    scripts = [s for s in settings.scripts if not args.script or s.name in args.script]
+    if not selected_wt:
+        return _fail("no hypothesis to run (check worktrees.repo / paths / include)")
+    results = asyncio.run(run_once(settings, selected_wt, scripts))
+    if args.json:
+        json.dump({"results": [r.to_dict() for r in results],
+                   "passed": all(r.outcome.result == "pass" for r in results)},
+                  sys.stdout, indent=2)
+        print()
+    else:
+        print(render_results(results))
+    return EXIT_OK if all(r.outcome.result == "pass" for r in results) else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import statusview
+    from .settings import ConfigError
+
+    if args.status_file:
+        path = Path(args.status_file)
+    else:
+        try:
+            path = _load(args.config).daemon.status_file
+        except ConfigError as exc:
+            return _fail("\n".join(exc.errors))
+    color = statusview.should_color(sys.stdout, os.environ)
+    ascii_only = not statusview.can_encode_marks(getattr(sys.stdout, "encoding", None))
+    if args.watch:
+        with contextlib.suppress(KeyboardInterrupt):
+            statusview.watch_status(path, sys.stdout, color=color, ascii_only=ascii_only)
+        return EXIT_OK
+    try:
+        doc = statusview.read_status(path)
+    except statusview.StatusFileMissing as exc:
+        return _fail(str(exc), EXIT_NO_STATUS)
+    except statusview.StatusFileInvalid as exc:
+        return _fail(str(exc), EXIT_NO_STATUS)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    else:
+        print(statusview.render_table(doc, color=color, ascii_only=ascii_only))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .initializer import InitError, init_config
+
+    try:
+        result = init_config(
+            Path(args.repo) if args.repo else None,
+            Path(args.output) if args.output else None,
+            args.force,
+        )
+    except InitError as exc:
+        return _fail(str(exc))
+    print(f"wrote {os.fsdecode(result.path)}")
+    for note in result.notes:
+        print(f"  {note}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"next: {PROG} check -c {os.fsdecode(result.path)}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoError, run_demo
+
+    try:
+        return run_demo(keep=args.keep)
+    except DemoError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+
+
+COMMANDS = {
+    "run": cmd_run, "once": cmd_once, "status": cmd_status, "check": cmd_check,
+    "init": cmd_init, "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+

@@ -1,0 +1,650 @@
+"""``parallel-orchestrator run``: the long-running daemon that wires the pipeline together.
+
+worktrees -> watcher -> filters -> batcher -> planner -> scheduler -> runner -> status/log.
+
+Signal handlers only record the signal; the main loop acts on it (uvicorn's shape).
+Shutdown: stop intake, cancel running jobs (each runner kills its group: SIGTERM, grace,
+SIGKILL, reap), log what was cut, write the final status, ``daemon_stopped`` last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import secrets
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import __version__, janitor, ledger
+from .batcher import Batch, Batcher
+from .eventlog import configure_logging, get_logger
+from .filters import GitCheckIgnoreError, GitIgnoreOracle, GitInternalsFilter, GlobIgnoreFilter
+from .jobspec import make_spec, prepare_run_files, prune_runs
+from .notify import Notifier
+from .planner import plan
+from .runner import JobOutcome, install_child_watcher, reap_orphan_zombies, run_job
+from .scheduler import JobRequest, Scheduler, SchedulerHooks
+from .settings import ConfigError, ScriptSettings, Settings, load_settings
+from .status import StatusBoard, iso, load_previous
+from .statusview import summary_line
+from .watcher import Chunk, Watcher, step_for
+from .worktrees import Worktree, WorktreeError, discover_async, git_common_dir, index_lock_path
+
+MAX_LOGGED_PATHS = 50
+REDISCOVER_EVERY_S = 10.0
+REAP_EVERY_S = 2.0
+STATUS_RETRY_S = 1.0
+
+
+class DaemonError(Exception):
+    """A reason the daemon cannot start; one line, names the thing at fault."""
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create the state dir 0700 (it holds test output) and prove it is writable."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = state_dir / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DaemonError(f"state dir {state_dir}: not writable: {exc.strerror or exc}") from exc
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cwd = cwd or Path.cwd()
+        self.env = dict(os.environ if env is None else env)
+        self.log = get_logger()
+        self.session = secrets.token_hex(3)
+        self._job_ids = 0
+        self.worktrees: dict[str, Worktree] = {}
+        self._roots: list[tuple[str, str]] = []  # (path + "/", hyp), longest first
+        self._root_paths: dict[str, str] = {}
+        self._locks: dict[str, str] = {}  # index.lock path -> hyp
+        self._admin_dirs: set[str] = set()  # <common git dir>/worktrees
+        self._oracles: dict[str, GitIgnoreOracle] = {}
+        self._git_filter = GitInternalsFilter()
+        self._glob_filter = GlobIgnoreFilter(settings.worktrees.ignore)
+        self._signals: asyncio.Queue[int] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._rediscover_requested = asyncio.Event()
+        self._status_retry: asyncio.TimerHandle | None = None
+        self._last_status_line = ""
+        self._lock_fd: int | None = None
+        self.notifier = Notifier(self.env)
+        d = settings.daemon
+        self.batcher = Batcher(
+            d.debounce_ms / 1000, d.max_batch_wait_ms / 1000, self._is_locked,
+            id_prefix=f"{self.session}-b",
+        )
+        self.board = StatusBoard(pid=os.getpid(), version=__version__,
+                                 config_path=settings.config_path)
+        self.scheduler = Scheduler(
+            self._run_request,
+            concurrency=d.concurrency,
+            on_busy=d.on_busy,
+            priority=self._priority,
+            hooks=_Hooks(self),
+        )
+        self.watcher: Watcher | None = None
+        self.ledger = ledger.Ledger(settings.daemon.state_dir / "jobs")
+
+    # == lifecycle ========================================================================
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        install_child_watcher()
+        d = self.settings.daemon
+        prepare_state_dir(d.state_dir)
+        self._acquire_lock(d.state_dir)
+        janitor.become_subreaper()
+        recovered = ledger.recover(self.jobs_dir)
+        try:
+            found = await discover_async(self.settings.worktrees, strict=True)
+        except WorktreeError as exc:
+            raise DaemonError(str(exc)) from exc
+        self._set_worktrees(found, initial=True)
+        previous = load_previous(d.status_file)
+        if previous:
+            self.board.adopt_previous(previous)
+        for found_job in recovered:
+            rec = found_job.record
+            if rec is None:
+                self.log.warning("job_record_unreadable", path=os.fsdecode(found_job.path),
+                                 error=found_job.problem)
+                continue
+            self.board.update(
+                rec.hypothesis, rec.script, state="error", last_result="error",
+                exit_code=None, finished_at=iso(time.time()), job_id=rec.job_id,
+                batch_id=rec.batch_id, started_at=iso(rec.started_at),
+                output_tail="daemon died while this job ran",
+            )
+            self.log.warning("job_recovered", job_id=rec.job_id, batch_id=rec.batch_id,
+                             hypothesis=rec.hypothesis, script=rec.script, pid=rec.pid,
+                             leader_alive=found_job.leader_alive,
+                             killed=list(found_job.killed), result="error",
+                             error="daemon died")
+        self.log.info(
+            "daemon_started", pid=os.getpid(), version=__version__,
+            config_path=_path_or_none(self.settings.config_path),
+            hypotheses=len(self.worktrees), scripts=len(self.settings.scripts),
+            state_dir=os.fsdecode(d.state_dir), status_file=os.fsdecode(d.status_file),
+        )
+        for wt in self.worktrees.values():
+            self._log_worktree("worktree_added", wt, initial=True)
+        self._write_status()
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+
+        self.watcher = Watcher(loop, self._on_chunk, self._on_watcher_restart,
+                               step_for(d.debounce_ms, self.env))
+        self.watcher.set_paths(self._watch_paths())
+        self.watcher.start()
+        if not await self.watcher.wait_armed(30):
+            self.log.warning("watcher_slow_to_arm")
+        self.board.set_daemon_state("idle")
+        self._write_status()
+        self.notifier.ready()
+        self._spawn(self.notifier.run_watchdog())
+        self._spawn(self._periodic_rediscover())
+        self._spawn(self._periodic_reap())
+        if d.run_on_start:
+            self._run_everything(list(self.worktrees), reason="start")
+
+        reason = await self._main_loop()
+        await self._shutdown(reason)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        return 0
+
+    async def _main_loop(self) -> str:
+        while True:
+            sig = await self._signals.get()
+            if sig == signal.SIGHUP:
+                await self.reload()
+                continue
+            return signal.Signals(sig).name
+
+    async def _shutdown(self, reason: str) -> None:
+        self.log.info("daemon_stopping", reason=reason,
+                      running=[f"{h}/{s}" for h, s in self.scheduler.running],
+                      queued=[f"{h}/{s}" for h, s in self.scheduler.waiting],
+                      pending_changes=sum(len(p) for p in self.batcher.held.values()))
+        self.notifier.stopping()
+        self.board.set_daemon_state("stopping")
+        self._write_status()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.stop, 1.5)
+        grace = max((s.kill_grace_s for s in self.settings.scripts), default=5.0)
+        stuck = await self.scheduler.shutdown(timeout=grace + 1.5)
+        if stuck:
+            self.log.error("jobs_not_stopped", jobs=[f"{h}/{s}" for h, s in stuck])
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        reap_orphan_zombies()
+        self.board.set_daemon_state("stopped")
+        self._write_status()
+        self.notifier.close()
+        self.log.info("daemon_stopped", reason=reason)
+        self._release_lock()
+
+    def _acquire_lock(self, state_dir: Path) -> None:
+        path = state_dir / "daemon.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise DaemonError(
+                f"state dir {state_dir}: another daemon (pid {other}) is using it"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.settings.daemon.state_dir / "jobs"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.settings.daemon.state_dir / "runs"
+
+    # == worktrees ========================================================================
+    def _set_worktrees(self, found: list[Worktree], *, initial: bool = False) -> None:
+        new = {wt.id: wt for wt in found}
+        old = self.worktrees
+        self.worktrees = new
+        for hyp in old.keys() - new.keys():
+            self.scheduler.cancel_hypothesis(hyp)
+            self.batcher.forget(hyp)
+            self._oracles.pop(hyp, None)
+            self._log_worktree("worktree_removed", old[hyp])
+        added = [hyp for hyp in new if hyp not in old or old[hyp].path != new[hyp].path]
+        for hyp in added:
+            self._oracles[hyp] = GitIgnoreOracle(new[hyp].path)
+            if not initial:
+                self._log_worktree("worktree_added", new[hyp])
+        self._roots = sorted(
+            ((os.fsdecode(wt.path).rstrip("/") + "/", wt.id) for wt in new.values()),
+            key=lambda item: len(item[0]), reverse=True,
+        )
+        self._root_paths = {os.fsdecode(wt.path): wt.id for wt in new.values()}
+        self._locks = {}
+        self._admin_dirs = set()
+        for wt in new.values():
+            try:
+                self._locks[os.fsdecode(index_lock_path(wt.path))] = wt.id
+                self._admin_dirs.add(os.fsdecode(git_common_dir(wt.path) / "worktrees"))
+            except (WorktreeError, OSError) as exc:
+                self.log.warning("git_dir_unknown", hypothesis=wt.id, error=str(exc))
+        self.board.set_hypotheses(
+            ((wt.id, os.fsdecode(wt.path), wt.branch) for wt in new.values()),
+            [s.name for s in self.settings.scripts],
+        )
+        if self.watcher is not None:
+            self.watcher.set_paths(self._watch_paths())
+        if not initial:
+            self._write_status()
+            if added and self.settings.daemon.run_on_start:
+                self._run_everything(added, reason="worktree_added")
+
+    def _watch_paths(self) -> list[str]:
+        roots = [os.fsdecode(wt.path) for wt in self.worktrees.values()]
+        extra: list[str] = []
+        # Git admin dirs (index.lock of linked worktrees, worktree add/remove) live in the
+        # main repository's .git, outside a linked worktree: watch them when not covered.
+        for admin in self._admin_dirs:
+            git_dir = os.path.dirname(admin)
+            if not any(git_dir.startswith(r.rstrip("/") + "/") for r in roots):
+                extra.append(git_dir)
+        return roots + extra
+
+    def _log_worktree(self, event: str, wt: Worktree, **extra: Any) -> None:
+        self.log.info(event, hypothesis=wt.id, path=os.fsdecode(wt.path), branch=wt.branch,
+                      **extra)
+
+    async def rediscover(self) -> None:
+        try:
+            found = await discover_async(self.settings.worktrees)
+        except WorktreeError as exc:
+            self.log.warning("worktree_discovery_failed", error=str(exc))
+            return
+        current = {(wt.id, wt.path) for wt in self.worktrees.values()}
+        if {(wt.id, wt.path) for wt in found} != current:
+            self._set_worktrees(found)
+
+    async def _periodic_rediscover(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rediscover_requested.wait(), REDISCOVER_EVERY_S)
+            self._rediscover_requested.clear()
+            await self.rediscover()
+
+    async def _periodic_reap(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_EVERY_S)
+            reap_orphan_zombies()
+
+    # == changes ==========================================================================
+    def _locate(self, path: str) -> tuple[str, str] | None:
+        for prefix, hyp in self._roots:
+            if path.startswith(prefix):
+                return hyp, path[len(prefix):]
+        return None
+
+    def _is_locked(self, hyp: str) -> bool:
+        wt = self.worktrees.get(hyp)
+        if wt is None:
+            return False
+        for lock, owner in self._locks.items():
+            if owner == hyp:
+                return os.path.exists(lock)
+        return False
+
+    def _on_chunk(self, chunk: Chunk) -> None:
+        per_hyp: dict[str, set[str]] = {}
+        rediscover = False
+        lock_event = False
+        for _change, path in chunk.changes:
+            if path in self._locks:
+                lock_event = True
+                continue
+            if any(path == a or path.startswith(a + "/") for a in self._admin_dirs):
+                rediscover = True
+                continue
+            if path in self._root_paths:
+                rediscover = True
+                continue
+            located = self._locate(path)
+            if located is None:
+                continue
+            hyp, rel = located
+            if not rel or self._git_filter.ignored(rel) or self._glob_filter.ignored(rel):
+                continue
+            if rel == ".gitignore" or rel.endswith("/.gitignore"):
+                oracle = self._oracles.get(hyp)
+                if oracle is not None:
+                    oracle.invalidate()
+            per_hyp.setdefault(hyp, set()).add(rel)
+        if rediscover:
+            self._rediscover_requested.set()
+        if lock_event:
+            self._arm_timer(force=True)
+        for hyp, rels in per_hyp.items():
+            if self.settings.worktrees.respect_gitignore and hyp in self._oracles:
+                self._spawn(self._admit(hyp, rels, chunk.first, chunk.last))
+            else:
+                self.batcher.add(hyp, rels, chunk.first, chunk.last)
+        if per_hyp:
+            self._arm_timer()
+
+    async def _admit(self, hyp: str, rels: set[str], first: float, last: float) -> None:
+        oracle = self._oracles.get(hyp)
+        if oracle is None:
+            return
+        try:
+            ignored = await oracle.ignored(rels)
+        except (GitCheckIgnoreError, OSError) as exc:
+            self.log.warning("gitignore_check_failed", hypothesis=hyp, error=str(exc))
+            ignored = set()
+        keep = rels - ignored
+        if keep and hyp in self.worktrees:
+            self.batcher.add(hyp, keep, first, last)
+            self._arm_timer()
+
+    def _on_watcher_restart(self, reason: str) -> None:
+        self.log.warning("watcher_restarted", reason=reason)
+
+    def _arm_timer(self, force: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self.batcher.next_deadline(loop.time())
+        if force:
+            deadline = loop.time() if deadline is None else min(deadline, loop.time())
+        if deadline is None:
+            return
+        if self._timer is not None and self._timer_at is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        now = asyncio.get_running_loop().time()
+        for batch in self.batcher.close_due(now):
+            self._dispatch_batch(batch)
+        self._arm_timer()
+
+    def _dispatch_batch(self, batch: Batch) -> None:
+        changes: dict[str, set[str]] = {}
+        for hyp, paths in batch.changes.items():
+            wt = self.worktrees.get(hyp)
+            if wt is None:
+                continue
+            if not wt.path.is_dir():
+                self._rediscover_requested.set()
+                continue
+            changes[hyp] = paths
+        planned = plan(changes, self.settings.scripts)
+        jobs = [f"{h}/{s}" for h, names in planned.items() for s in names]
+        self.log.info(
+            "batch_formed", batch_id=batch.batch_id,
+            hypotheses={h: sorted(p)[:MAX_LOGGED_PATHS] for h, p in changes.items()},
+            changed_count=sum(len(p) for p in changes.values()), jobs=jobs,
+            reason=batch.reason,
+        )
+        for hyp, names in planned.items():
+            for name in names:
+                self.scheduler.submit(JobRequest(hyp, name, batch.batch_id, set(changes[hyp])))
+
+    def _run_everything(self, hyps: list[str], reason: str) -> None:
+        batch_id = self.batcher.next_batch_id()
+        jobs = [(h, s.name) for h in hyps for s in self.settings.scripts]
+        self.log.info("batch_formed", batch_id=batch_id,
+                      hypotheses={h: [] for h in hyps}, changed_count=0,
+                      jobs=[f"{h}/{s}" for h, s in jobs], reason=reason)
+        for hyp, name in jobs:
+            self.scheduler.submit(JobRequest(hyp, name, batch_id, set()))
+
+    # == jobs =============================================================================
+    def _priority(self, key: tuple[str, str]) -> int:
+        cell = self.board.cell(*key)
+        return 0 if cell is None or cell.get("last_result") != "pass" else 1
+
+    def _script(self, name: str) -> ScriptSettings | None:
+        return next((s for s in self.settings.scripts if s.name == name), None)
+
+    def _next_job_id(self) -> str:
+        self._job_ids += 1
+        return f"{self.session}-j{self._job_ids}"
+
+    async def _run_request(self, req: JobRequest) -> None:
+        wt = self.worktrees.get(req.hypothesis)
+        script = self._script(req.script)
+        if wt is None or script is None:
+            return
+        job_id = self._next_job_id()
+        try:
+            files = prepare_run_files(self.runs_dir, wt.id, script.name, job_id, req.changed)
+        except OSError as exc:
+            self.log.warning("run_log_unavailable", hypothesis=wt.id, script=script.name,
+                             path=os.fsdecode(self.runs_dir), error=str(exc))
+            files = None
+        spec = make_spec(wt, script, batch_id=req.batch_id, job_id=job_id, files=files,
+                         base_env=self.env)
+        log_path = spec.log_path
+        argv = spec.argv
+        common = {"batch_id": req.batch_id, "job_id": job_id, "hypothesis": wt.id,
+                  "script": script.name}
+        started_wall = time.time()
+        started = time.monotonic()
+        pid_box: list[int] = []
+
+        def on_started(pid: int) -> None:
+            pid_box.append(pid)
+            try:
+                self.ledger.add(ledger.JobRecord.for_process(
+                    job_id=job_id, hypothesis=wt.id, script=script.name, pid=pid,
+                    batch_id=req.batch_id, started_at=started_wall))
+            except OSError as exc:
+                self.log.warning("ledger_write_failed", path=os.fsdecode(self.jobs_dir),
+                                 error=str(exc))
+            self.board.update(
+                wt.id, script.name, state="running", started_at=iso(started_wall),
+                finished_at=None, job_id=job_id, batch_id=req.batch_id,
+                log_path=_path_or_none(log_path),
+            )
+            self.log.info("job_started", **common, pid=pid, command=list(argv))
+            self._write_status()
+
+        outcome: JobOutcome
+        cancelled = False
+        try:
+            outcome = await run_job(spec, on_started)
+        except asyncio.CancelledError:
+            cancelled = True
+            outcome = JobOutcome(
+                result="cancelled", exit_code=None, duration_s=time.monotonic() - started,
+                output_tail=_read_tail(log_path), pid=pid_box[0] if pid_box else None,
+                started_at=started_wall, finished_at=time.time(),
+            )
+        except Exception as exc:  # a runner bug or an OS failure: report it as the job's error
+            self.log.exception("job_crashed", **common)
+            outcome = JobOutcome(
+                result="error", exit_code=None, duration_s=time.monotonic() - started,
+                output_tail="", error_message=f"{type(exc).__name__}: {exc}",
+                started_at=started_wall, finished_at=time.time(),
+            )
+        finally:
+            try:
+                self.ledger.remove(job_id)
+            except OSError as exc:
+                self.log.warning("ledger_write_failed", path=os.fsdecode(self.jobs_dir),
+                                 error=str(exc))
+        self._finish(req, wt, script, job_id, log_path, outcome, common)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _finish(self, req: JobRequest, wt: Worktree, script: ScriptSettings, job_id: str,
+                log_path: Path | None, outcome: JobOutcome, common: dict[str, Any]) -> None:
+        tail = outcome.output_tail
+        if outcome.error_message and outcome.error_message not in tail:
+            tail = (tail + ("\n" if tail else "") + outcome.error_message)[-2048:]
+        duration = round(outcome.duration_s, 3)
+        self.board.update(
+            wt.id, script.name, state=outcome.result, last_result=outcome.result,
+            exit_code=outcome.exit_code, duration_s=duration,
+            started_at=iso(outcome.started_at) if outcome.started_at else None,
+            finished_at=iso(outcome.finished_at or time.time()), job_id=job_id,
+            batch_id=req.batch_id, log_path=_path_or_none(log_path), output_tail=tail,
+        )
+        fields: dict[str, Any] = dict(
+            common, result=outcome.result, exit_code=outcome.exit_code, duration_s=duration,
+            log_path=_path_or_none(log_path), output_tail=tail,
+        )
+        if outcome.error_message:
+            fields["error"] = outcome.error_message
+        level = "info" if outcome.result in ("pass", "cancelled") else "warning"
+        getattr(self.log, level)("job_finished", **fields)
+        try:
+            prune_runs(self.runs_dir / wt.id / script.name, self.settings.daemon.keep_runs)
+        except OSError as exc:
+            self.log.warning("run_prune_failed", hypothesis=wt.id, script=script.name,
+                             error=str(exc))
+        self._write_status()
+
+    # == status ===========================================================================
+    def _write_status(self) -> None:
+        if self.board.doc["daemon"]["state"] in ("idle", "running"):
+            self.board.set_daemon_state("running" if self.scheduler.running else "idle")
+        path = self.settings.daemon.status_file
+        try:
+            self.board.write(path)
+        except OSError as exc:
+            self.log.warning("status_write_failed", path=os.fsdecode(path), error=str(exc))
+            if self._status_retry is None:
+                loop = asyncio.get_running_loop()
+                self._status_retry = loop.call_later(STATUS_RETRY_S, self._retry_status)
+        line = summary_line(self.board.doc)
+        if line != self._last_status_line:
+            self._last_status_line = line
+            self.notifier.status(line)
+
+    def _retry_status(self) -> None:
+        self._status_retry = None
+        self._write_status()
+
+    # == reload ===========================================================================
+    async def reload(self) -> None:
+        self.notifier.reloading()
+        self.board.set_daemon_state("reloading")
+        self._write_status()
+        try:
+            new = await asyncio.to_thread(
+                load_settings, self.settings.config_path, cwd=self.cwd, env=self.env
+            )
+        except ConfigError as exc:
+            errors = getattr(exc, "errors", None) or [str(exc)]
+            self.log.error("config_invalid", errors=list(errors),
+                           config_path=_path_or_none(self.settings.config_path))
+            self.board.set_daemon_state("idle")  # _write_status refines idle/running
+            self._write_status()
+            self.notifier.ready()
+            return
+        old = self.settings
+        self.settings = new
+        d = new.daemon
+        if (d.log_level, d.log_file) != (old.daemon.log_level, old.daemon.log_file):
+            configure_logging(d.log_level, d.log_file)
+            self.log = get_logger()
+        self.batcher.debounce_s = d.debounce_ms / 1000
+        self.batcher.max_wait_s = d.max_batch_wait_ms / 1000
+        if self.watcher is not None:
+            self.watcher.set_step(step_for(d.debounce_ms, self.env))
+        self._glob_filter = GlobIgnoreFilter(new.worktrees.ignore)
+        self.scheduler.set_limits(d.concurrency, d.on_busy)
+        if d.state_dir != old.daemon.state_dir:
+            try:
+                prepare_state_dir(d.state_dir)
+            except DaemonError as exc:
+                self.log.warning("state_dir_unavailable", error=str(exc))
+        try:
+            found = await discover_async(new.worktrees)
+        except WorktreeError as exc:
+            self.log.warning("worktree_discovery_failed", error=str(exc))
+            found = list(self.worktrees.values())
+        self._set_worktrees(found)  # also reshapes the status board for the new scripts
+        self.board.set_daemon_state("idle")
+        self._write_status()
+        self.log.info("config_reloaded", config_path=_path_or_none(new.config_path),
+                      hypotheses=len(self.worktrees), scripts=len(new.scripts))
+        self.notifier.ready()
+
+
+class _Hooks(SchedulerHooks):
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def queued(self, req: JobRequest) -> None:
+        cell = self.d.board.cell(req.hypothesis, req.script)
+        if cell is not None and cell["state"] != "running":
+            cell["state"] = "queued"
+            self.d._write_status()
+
+    def dropped(self, req: JobRequest, reason: str) -> None:
+        cell = self.d.board.cell(req.hypothesis, req.script)
+        if cell is not None and cell["state"] == "queued":
+            cell["state"] = cell["last_result"] or "never_run"
+        self.d.log.info("job_dropped", hypothesis=req.hypothesis, script=req.script,
+                        batch_id=req.batch_id, reason=reason)
+        self.d._write_status()
+
+    def idle(self) -> None:
+        self.d._write_status()
+
+
+def _path_or_none(path: Path | None) -> str | None:
+    return None if path is None else os.fsdecode(path)
+
+
+def _read_tail(path: Path | None, size: int = 2048) -> str:
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""

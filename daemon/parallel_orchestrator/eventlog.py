@@ -1,0 +1,154 @@
+"""Structured JSON logging: one place that owns structlog's global configuration.
+
+Every line is one JSON object whose first keys are ``timestamp`` (ISO 8601, UTC),
+``level`` and ``event``; dashboards and our acceptance checks parse these lines, so the
+shape is a contract. ``configure_logging`` may be called again (on reload) and
+``reset_logging`` puts structlog back as it was, for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+
+
+class JsonLineSink:
+    """Writes rendered lines to stdout or to a file that logrotate may move away.
+
+    Like ``logging.handlers.WatchedFileHandler``: before each write, compare the open
+    file's inode with the path's; if the file was moved or deleted, reopen the path so
+    new lines go to the new file and none are lost to the rotated one.
+    """
+
+    def __init__(self, path: Path | None, stream: TextIO | None = None) -> None:
+        self._path = path
+        self._stream = stream if stream is not None else sys.stdout
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._ident: tuple[int, int] | None = None
+        if path is not None:
+            self._open()
+
+    def _open(self) -> None:
+        assert self._path is not None
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        st = os.fstat(fd)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._ident = fd, (st.st_dev, st.st_ino)
+
+    def _rotated(self) -> bool:
+        assert self._path is not None
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ident
+
+    def write_line(self, line: str) -> None:
+        data = line + "\n"
+        with self._lock:
+            if self._path is None:
+                try:
+                    self._stream.write(data)
+                    self._stream.flush()
+                except (BrokenPipeError, ValueError):
+                    # stdout went away (a closed pipe): logging must never kill the daemon.
+                    pass
+                return
+            try:
+                if self._rotated():
+                    self._open()
+                assert self._fd is not None
+                os.write(self._fd, data.encode("utf-8", "replace"))
+            except OSError as exc:
+                # The log file is unwritable (disk full, permissions): fall back to stderr
+                # for this line rather than losing it silently.
+                sys.stderr.write(f"parallel-orchestrator: cannot write log {self._path}: {exc}\n")
+                sys.stderr.write(data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    # structlog calls the method named after the level; all go to the same place.
+    def msg(self, message: str) -> None:
+        self.write_line(message)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _order_keys(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+    ordered: dict[str, Any] = {
+        "timestamp": event_dict.pop("timestamp", None),
+        "level": event_dict.pop("level", method),
+        "event": event_dict.pop("event", ""),
+    }
+    ordered.update(event_dict)
+    return ordered
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, Path):
+        return os.fsdecode(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return repr(obj)
+
+
+_sink: JsonLineSink | None = None
+
+
+def configure_logging(level: str = "info", log_file: Path | None = None,
+                      stream: TextIO | None = None) -> None:
+    """(Re)configure the process-wide logger; the previous sink is closed."""
+    global _sink
+    old = _sink
+    _sink = JsonLineSink(log_file, stream)
+    sink = _sink
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            structlog.processors.format_exc_info,
+            _order_keys,
+            # ensure_ascii: every line stays valid ASCII JSON even for paths with
+            # undecodable bytes (surrogate escapes).
+            structlog.processors.JSONRenderer(
+                serializer=json.dumps, default=_json_default, ensure_ascii=True
+            ),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        logger_factory=lambda *_args: sink,
+        cache_logger_on_first_use=False,
+    )
+    if old is not None:
+        old.close()
+
+
+def reset_logging() -> None:
+    """Undo ``configure_logging`` (tests)."""
+    global _sink
+    if _sink is not None:
+        _sink.close()
+        _sink = None
+    structlog.reset_defaults()
+
+
+def get_logger() -> Any:
+    return structlog.get_logger()

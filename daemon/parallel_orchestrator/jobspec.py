@@ -1,0 +1,92 @@
+"""From (worktree, script, batch) to the exact ``JobSpec`` a job runs with.
+
+Shared by the daemon and ``once`` so a script behaves the same under both: the same
+placeholders, the same ``PO_*`` variables, the same run-log layout
+``<state_dir>/runs/<hypothesis>/<script>/<job_id>.log``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runner import JobSpec
+from .settings import ScriptSettings
+from .worktrees import Worktree
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    log: Path
+    changed: Path  # one changed relative path a line (PO_CHANGED_FILE)
+    changed_z: Path  # NUL-separated (PO_CHANGED_FILE_Z): names may contain newlines
+
+
+def substitute(item: str, wt: Worktree) -> str:
+    """Placeholders by plain replacement: braces elsewhere (``find -exec {}``) stay as-is."""
+    return (
+        item.replace("{hypothesis}", wt.id)
+        .replace("{worktree}", os.fsdecode(wt.path))
+        .replace("{branch}", wt.branch)
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def prepare_run_files(
+    runs_dir: Path, hyp: str, script: str, job_id: str, changed: Iterable[str]
+) -> RunFiles:
+    """Create the run folder (0700) and the changed-file lists (0600); raises OSError."""
+    run_dir = runs_dir / hyp / script
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths = sorted(changed)
+    files = RunFiles(run_dir / f"{job_id}.log", run_dir / f"{job_id}.changed",
+                     run_dir / f"{job_id}.changed0")
+    _write_private(files.changed, b"".join(os.fsencode(p) + b"\n" for p in paths))
+    _write_private(files.changed_z, b"".join(os.fsencode(p) + b"\0" for p in paths))
+    return files
+
+
+def prune_runs(run_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` run logs (and their changed lists) of one hypothesis x script."""
+    logs = sorted(run_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
+    for old in logs[: max(0, len(logs) - keep)]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".changed").unlink(missing_ok=True)
+        old.with_suffix(".changed0").unlink(missing_ok=True)
+
+
+def make_spec(
+    wt: Worktree,
+    script: ScriptSettings,
+    *,
+    batch_id: str,
+    job_id: str,
+    files: RunFiles | None,
+    base_env: Mapping[str, str],
+) -> JobSpec:
+    env = dict(base_env)
+    env.update(script.env)
+    env.update(
+        PO_HYPOTHESIS=wt.id,
+        PO_WORKTREE=os.fsdecode(wt.path),
+        PO_BATCH_ID=batch_id,
+        PO_JOB_ID=job_id,
+        PO_CHANGED_FILE=os.fsdecode(files.changed) if files else os.devnull,
+        PO_CHANGED_FILE_Z=os.fsdecode(files.changed_z) if files else os.devnull,
+    )
+    return JobSpec(
+        argv=tuple(substitute(a, wt) for a in script.command),
+        cwd=wt.path / script.cwd if script.cwd else wt.path,
+        env=env,
+        timeout_s=script.timeout_s,
+        kill_grace_s=script.kill_grace_s,
+        job_id=job_id,
+        log_path=files.log if files else None,
+    )

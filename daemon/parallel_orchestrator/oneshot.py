@@ -1,0 +1,107 @@
+"""``parallel-orchestrator once``: every selected script in every selected hypothesis, once.
+
+The same runner, job specs and run logs as the daemon, without watching: for CI, for a
+quick check before starting the daemon, and for agents that want one answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .jobspec import make_spec, prepare_run_files, prune_runs
+from .runner import JobOutcome, install_child_watcher, run_job
+from .settings import ScriptSettings, Settings
+from .worktrees import Worktree
+
+
+@dataclass(frozen=True)
+class OnceResult:
+    hypothesis: str
+    script: str
+    job_id: str
+    outcome: JobOutcome
+    log_path: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        o = self.outcome
+        return {
+            "hypothesis": self.hypothesis,
+            "script": self.script,
+            "job_id": self.job_id,
+            "result": o.result,
+            "exit_code": o.exit_code,
+            "duration_s": round(o.duration_s, 3),
+            "log_path": None if self.log_path is None else os.fsdecode(self.log_path),
+            "output_tail": o.output_tail,
+            "error": o.error_message or None,
+        }
+
+
+async def run_once(
+    settings: Settings, worktrees: list[Worktree], scripts: list[ScriptSettings]
+) -> list[OnceResult]:
+    """Results in (hypothesis, script) order, whatever order they finished in."""
+    install_child_watcher()
+    session = secrets.token_hex(3)
+    limit = asyncio.Semaphore(settings.daemon.concurrency)
+    runs_dir = settings.daemon.state_dir / "runs"
+    pairs = [(wt, s) for wt in worktrees for s in scripts]
+
+    async def one(index: int, wt: Worktree, script: ScriptSettings) -> OnceResult:
+        job_id = f"{session}-once{index}"
+        async with limit:
+            try:
+                files = prepare_run_files(runs_dir, wt.id, script.name, job_id, ())
+            except OSError:
+                files = None  # an unwritable state dir costs the log, not the run
+            spec = make_spec(wt, script, batch_id=f"{session}-once", job_id=job_id,
+                             files=files, base_env=os.environ)
+            outcome = await run_job(spec)
+            if files is not None:
+                # pruning is housekeeping; a failure must not cost the result
+                with contextlib.suppress(OSError):
+                    prune_runs(files.log.parent, settings.daemon.keep_runs)
+        return OnceResult(wt.id, script.name, job_id, outcome, spec.log_path)
+
+    return list(await asyncio.gather(*(one(i, wt, s) for i, (wt, s) in enumerate(pairs, 1))))
+
+
+def render_results(results: list[OnceResult]) -> str:
+    """A hypothesis x script table: result and duration per cell."""
+    hyps = list(dict.fromkeys(r.hypothesis for r in results))
+    scripts = list(dict.fromkeys(r.script for r in results))
+    cells = {(r.hypothesis, r.script): r for r in results}
+    header = ["hypothesis", *scripts]
+    rows = [header]
+    for h in hyps:
+        row = [h]
+        for s in scripts:
+            r = cells.get((h, s))
+            if r is None:
+                row.append("")
+                continue
+            o = r.outcome
+            text = f"{o.result.upper()} {o.duration_s:.1f}s"
+            if o.result == "fail" and o.exit_code is not None:
+                text += f" (exit {o.exit_code})"
+            row.append(text)
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    passed = sum(r.outcome.result == "pass" for r in results)
+    lines.append("")
+    lines.append(f"{passed}/{len(results)} passed")
+    for r in results:
+        if r.outcome.result != "pass" and r.outcome.error_message:
+            lines.append(f"{r.hypothesis}/{r.script}: {r.outcome.error_message}")
+        elif r.outcome.result != "pass" and r.log_path is not None:
+            lines.append(f"{r.hypothesis}/{r.script}: log {os.fsdecode(r.log_path)}")
+    return "\n".join(lines)

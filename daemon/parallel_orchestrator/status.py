@@ -1,0 +1,157 @@
+"""The status document: the latest state of every hypothesis x script, written atomically.
+
+Readers (``status``, dashboards, agents) may read it at any moment, so it is only ever
+replaced whole: a temp file in the same folder, fsync, rename. The schema is a contract.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+FINAL_RESULTS = ("pass", "fail", "timeout", "error", "cancelled")
+SUMMARY_KEYS = ("pass", "fail", "timeout", "error", "cancelled", "running", "queued", "never_run")
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO 8601 UTC with milliseconds, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def empty_cell() -> dict[str, Any]:
+    return {
+        "state": "never_run",
+        "last_result": None,
+        "exit_code": None,
+        "duration_s": None,
+        "started_at": None,
+        "finished_at": None,
+        "job_id": None,
+        "batch_id": None,
+        "log_path": None,
+        "output_tail": None,
+    }
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that no reader ever sees a partial document."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class StatusBoard:
+    """In-memory status document; the daemon mutates it and calls ``write``."""
+
+    def __init__(self, *, pid: int, version: str, config_path: Path | None) -> None:
+        now = iso(time.time())
+        self.doc: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "daemon": {
+                "pid": pid,
+                "version": version,
+                "state": "starting",
+                "started_at": now,
+                "updated_at": now,
+                "config_path": os.fsdecode(config_path) if config_path else None,
+            },
+            "hypotheses": {},
+            "summary": dict.fromkeys(SUMMARY_KEYS, 0),
+        }
+
+    # -- shape -------------------------------------------------------------------------
+    def adopt_previous(self, previous: dict[str, Any]) -> None:
+        """Keep last results across restarts: a restarted daemon still shows what passed."""
+        hyps = previous.get("hypotheses")
+        if not isinstance(hyps, dict):
+            return
+        for hyp_id, hyp in hyps.items():
+            if not isinstance(hyp, dict) or not isinstance(hyp.get("scripts"), dict):
+                continue
+            mine = self.doc["hypotheses"].get(hyp_id)
+            if mine is None:
+                continue
+            for name, cell in hyp["scripts"].items():
+                if name in mine["scripts"] and isinstance(cell, dict):
+                    merged = empty_cell()
+                    merged.update({k: cell.get(k) for k in merged if k in cell})
+                    if merged["state"] in ("running", "queued"):
+                        # The old daemon died mid-job; crash recovery refines this.
+                        merged["state"] = merged["last_result"] or "never_run"
+                    mine["scripts"][name] = merged
+
+    def set_hypotheses(
+        self, hypotheses: Iterable[tuple[str, str, str]], scripts: Iterable[str]
+    ) -> None:
+        """(id, path, branch) for each hypothesis; drops vanished ones, keeps known cells."""
+        script_names = list(scripts)
+        old = self.doc["hypotheses"]
+        new: dict[str, Any] = {}
+        for hyp_id, path, branch in hypotheses:
+            prev = old.get(hyp_id, {"scripts": {}})
+            cells = {name: prev["scripts"].get(name) or empty_cell() for name in script_names}
+            new[hyp_id] = {"path": path, "branch": branch, "scripts": cells}
+        self.doc["hypotheses"] = new
+
+    def cell(self, hyp: str, script: str) -> dict[str, Any] | None:
+        h = self.doc["hypotheses"].get(hyp)
+        return None if h is None else h["scripts"].get(script)
+
+    def update(self, hyp: str, script: str, **fields: Any) -> None:
+        cell = self.cell(hyp, script)
+        if cell is not None:
+            cell.update(fields)
+
+    def set_daemon_state(self, state: str) -> None:
+        self.doc["daemon"]["state"] = state
+
+    def counts(self) -> dict[str, int]:
+        summary = dict.fromkeys(SUMMARY_KEYS, 0)
+        for hyp in self.doc["hypotheses"].values():
+            for cell in hyp["scripts"].values():
+                state = cell["state"]
+                if state in summary:
+                    summary[state] += 1
+        return summary
+
+    def render(self) -> bytes:
+        self.doc["summary"] = self.counts()
+        self.doc["daemon"]["updated_at"] = iso(time.time())
+        return json.dumps(self.doc, indent=2, ensure_ascii=False).encode("utf-8", "replace")
+
+    def write(self, path: Path) -> None:
+        """0600: the document carries test output, like the run logs."""
+        write_atomic(path, self.render(), mode=0o600)
+
+
+def load_previous(path: Path) -> dict[str, Any] | None:
+    """The last status document, or None when absent or unreadable (never fatal)."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if isinstance(doc, dict) and doc.get("schema_version") == SCHEMA_VERSION:
+        return doc
+    return None

@@ -1,0 +1,337 @@
+"""Worktree discovery: which directories are hypotheses right now.
+
+Every worktree ``git worktree list`` reports is a hypothesis (the main one included), plus
+the configured extra ``paths``. Discovery runs at start and whenever the daemon suspects
+the set changed, so it must be cheap, never block the event loop (``discover_async``) and
+treat half-removed worktrees (folder gone, git not yet pruned) as removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from .settings import WorktreeSettings
+
+GIT_TIMEOUT_S = 30.0
+
+# Variables that would make git look at some other repository than the one we name.
+_GIT_LOCATION_VARS = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_COMMON_DIR",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+)
+
+
+class WorktreeError(Exception):
+    """Discovery failed; ``str()`` is one line naming the path involved."""
+
+
+@dataclass(frozen=True)
+class Worktree:
+    id: str  # the folder name; unique among hypotheses
+    path: Path  # realpath
+    branch: str  # short name ("hyp-3"); "" when detached or not a git worktree
+    head: str  # commit sha; "" when unknown (extra paths)
+    is_main: bool
+
+
+@dataclass(frozen=True)
+class _GitEntry:
+    path: bytes
+    head: str
+    branch: str
+    bare: bool
+    prunable: bool
+
+
+def git_command(repo: Path, *args: str) -> list[str]:
+    """``git -C repo ...``: never depends on the daemon's own working directory."""
+    return ["git", "-C", os.fspath(repo), *args]
+
+
+def git_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for our git calls: no repo-redirecting variables, no lock taking."""
+    env = dict(os.environ if base is None else base)
+    for name in _GIT_LOCATION_VARS:
+        env.pop(name, None)
+    env["GIT_OPTIONAL_LOCKS"] = "0"  # never contend with the user's own git commands
+    env["LC_ALL"] = "C"  # stable messages in logs; porcelain output is locale-free anyway
+    return env
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover(settings: WorktreeSettings, *, strict: bool = False) -> list[Worktree]:
+    """The current hypotheses, main worktree first, then linked ones, then extra paths.
+
+    ``strict`` makes a missing extra path an error (for start-up and ``check``, where it is
+    most likely a typo); without it a vanished extra path simply counts as removed.
+    """
+    entries: list[_GitEntry] = []
+    if settings.repo is not None:
+        entries = _parse_porcelain(_run_git_sync(settings.repo))
+    return _assemble(settings, entries, strict=strict)
+
+
+async def discover_async(settings: WorktreeSettings, *, strict: bool = False) -> list[Worktree]:
+    """``discover`` without blocking the event loop on git."""
+    entries: list[_GitEntry] = []
+    if settings.repo is not None:
+        entries = _parse_porcelain(await _run_git_async(settings.repo))
+    return _assemble(settings, entries, strict=strict)
+
+
+_LIST_ARGS = ("worktree", "list", "--porcelain", "-z")
+
+
+def _run_git_sync(repo: Path) -> bytes:
+    _require_dir(repo)
+    try:
+        done = subprocess.run(
+            git_command(repo, *_LIST_ARGS),
+            capture_output=True,
+            env=git_env(),
+            stdin=subprocess.DEVNULL,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise WorktreeError("git: not found on PATH; it is needed to list worktrees") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise _git_timeout(repo) from exc
+    return _check_git(repo, done.returncode, done.stdout, done.stderr)
+
+
+async def _run_git_async(repo: Path) -> bytes:
+    _require_dir(repo)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *git_command(repo, *_LIST_ARGS),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=git_env(),
+        )
+    except FileNotFoundError as exc:
+        raise WorktreeError("git: not found on PATH; it is needed to list worktrees") from exc
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), GIT_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise _git_timeout(repo) from exc
+    finally:
+        # Also on cancellation: never leave a git child behind.
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())
+    assert proc.returncode is not None
+    return _check_git(repo, proc.returncode, stdout, stderr)
+
+
+def _git_timeout(repo: Path) -> WorktreeError:
+    return WorktreeError(f"{_show(repo)}: git worktree list took over {GIT_TIMEOUT_S:g} s")
+
+
+def _require_dir(repo: Path) -> None:
+    if not os.path.isdir(repo):
+        raise WorktreeError(f"{_show(repo)}: not a git repository (no such directory)")
+
+
+def _check_git(repo: Path, returncode: int, stdout: bytes, stderr: bytes) -> bytes:
+    if returncode != 0:
+        said = " ".join(os.fsdecode(stderr).split()) or f"exit status {returncode}"
+        raise WorktreeError(f"{_show(repo)}: not a git repository (git said: {said})")
+    return stdout
+
+
+def _parse_porcelain(data: bytes) -> list[_GitEntry]:
+    """Parse ``git worktree list --porcelain -z``: NUL-terminated lines, records end in NUL.
+
+    Bytes all the way: paths may hold spaces, newlines or non-UTF-8 bytes.
+    """
+    entries = []
+    record: list[bytes] = []
+    for line in data.split(b"\0"):
+        if line:
+            record.append(line)
+            continue
+        if record:
+            entries.append(_entry(record))
+            record = []
+    if record:
+        entries.append(_entry(record))
+    return entries
+
+
+def _entry(lines: list[bytes]) -> _GitEntry:
+    path, head, branch = b"", "", ""
+    bare = prunable = False
+    for line in lines:
+        label, _, value = line.partition(b" ")
+        if label == b"worktree":
+            path = value
+        elif label == b"HEAD":
+            head = value.decode("ascii", "replace")
+        elif label == b"branch":
+            ref = os.fsdecode(value)
+            branch = ref.removeprefix("refs/heads/")
+        elif label == b"bare":
+            bare = True
+        elif label == b"prunable":
+            prunable = True
+    return _GitEntry(path=path, head=head, branch=branch, bare=bare, prunable=prunable)
+
+
+def _assemble(
+    settings: WorktreeSettings, entries: Iterable[_GitEntry], *, strict: bool
+) -> list[Worktree]:
+    found: list[Worktree] = []
+    seen_paths: set[Path] = set()
+    for position, entry in enumerate(entries):
+        if entry.bare or entry.prunable or not entry.path:
+            continue
+        raw = os.fsdecode(entry.path)
+        if not os.path.isdir(raw):
+            continue  # removed but not yet pruned: counts as removed
+        path = Path(os.path.realpath(raw))
+        if path in seen_paths:
+            continue
+        seen_paths.add(path)
+        found.append(
+            Worktree(
+                id=path.name,
+                path=path,
+                branch=entry.branch,
+                head=entry.head,
+                is_main=position == 0,
+            )
+        )
+    for extra in settings.paths:
+        if not os.path.isdir(extra):
+            if strict:
+                reason = "does not exist" if not os.path.lexists(extra) else "is not a directory"
+                raise WorktreeError(f"{_show(extra)}: extra worktree path {reason}")
+            continue
+        path = Path(os.path.realpath(extra))
+        if path in seen_paths:
+            continue  # also a git worktree: listed once
+        if not path.name:
+            raise WorktreeError(f"{_show(extra)}: cannot be a hypothesis (no folder name)")
+        seen_paths.add(path)
+        found.append(Worktree(id=path.name, path=path, branch="", head="", is_main=False))
+    selected = [wt for wt in found if _selected(wt.id, settings.include, settings.exclude)]
+    _reject_duplicate_ids(selected)
+    return selected
+
+
+def _selected(ident: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
+    return any(fnmatchcase(ident, p) for p in include) and not any(
+        fnmatchcase(ident, p) for p in exclude
+    )
+
+
+def _reject_duplicate_ids(worktrees: Iterable[Worktree]) -> None:
+    by_id: dict[str, Path] = {}
+    for wt in worktrees:
+        if wt.id in by_id:
+            raise WorktreeError(
+                f"duplicate hypothesis id {wt.id!r}: {_show(by_id[wt.id])} and "
+                f"{_show(wt.path)} (the id is the folder name; rename one or exclude it)"
+            )
+        by_id[wt.id] = wt.path
+
+
+# --------------------------------------------------------------------------- git dirs
+
+
+def git_dir(worktree_path: Path) -> Path:
+    """The worktree's own git dir (``<main>/.git/worktrees/<name>`` for a linked one).
+
+    The daemon watches ``<git_dir>/index.lock`` to hold batches back while git works.
+    Reads the ``.git`` file directly when it can (no subprocess); falls back to git for
+    anything unusual (a subfolder of a repository, say). Cheap; callers need not cache.
+    """
+    return _git_dirs(worktree_path)[0]
+
+
+def git_common_dir(worktree_path: Path) -> Path:
+    """The repository's shared git dir (``<main>/.git``): refs, objects, worktree list."""
+    return _git_dirs(worktree_path)[1]
+
+
+def index_lock_path(worktree_path: Path) -> Path:
+    return git_dir(worktree_path) / "index.lock"
+
+
+def _git_dirs(worktree_path: Path) -> tuple[Path, Path]:
+    root = Path(os.path.realpath(worktree_path))
+    dot_git = root / ".git"
+    own: Path | None = None
+    if dot_git.is_dir():
+        own = dot_git
+    elif dot_git.is_file():
+        own = _read_gitfile(dot_git)
+    if own is None:
+        return _git_dirs_from_git(root)
+    common = own
+    commondir_file = own / "commondir"
+    if commondir_file.is_file():
+        target = commondir_file.read_text(encoding="utf-8", errors="surrogateescape").strip()
+        common = Path(os.path.normpath(own / target))
+    return own, common
+
+
+def _read_gitfile(dot_git: Path) -> Path | None:
+    try:
+        content = dot_git.read_bytes()
+    except OSError as exc:
+        raise WorktreeError(f"{_show(dot_git)}: cannot read: {exc.strerror or exc}") from exc
+    first = content.split(b"\n", 1)[0].rstrip(b"\r")
+    if not first.startswith(b"gitdir: "):
+        return None
+    target = Path(os.fsdecode(first[len(b"gitdir: ") :]))
+    return Path(os.path.normpath(dot_git.parent / target))
+
+
+def _git_dirs_from_git(root: Path) -> tuple[Path, Path]:
+    try:
+        done = subprocess.run(
+            git_command(
+                root, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir"
+            ),
+            capture_output=True,
+            env=git_env(),
+            stdin=subprocess.DEVNULL,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise WorktreeError(f"{_show(root)}: cannot ask git for its git dir: {exc}") from exc
+    lines = done.stdout.split(b"\n")
+    if done.returncode != 0 or len(lines) < 2:
+        said = " ".join(os.fsdecode(done.stderr).split()) or f"exit status {done.returncode}"
+        raise WorktreeError(f"{_show(root)}: not a git repository (git said: {said})")
+    return Path(os.fsdecode(lines[0])), Path(os.fsdecode(lines[1]))
+
+
+def _show(value: object) -> str:
+    """One printable line, whatever bytes the path holds."""
+    text = os.fsdecode(value) if isinstance(value, bytes | os.PathLike) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )

@@ -1,0 +1,217 @@
+"""The batch tool's executor API, kept backwards compatible, on real scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from parallel_orchestrator.async_test_executor import AsyncTestExecutor, confidence_for
+from parallel_orchestrator.config import (
+    FalsificationConfig,
+    Hypothesis,
+    HypothesisStatus,
+    TestExecutionResult,
+    TestResult,
+)
+from parallel_orchestrator.test_executor import TestExecutor
+
+
+def hyp(hid: str, estimate: float = 0.0) -> Hypothesis:
+    return Hypothesis(id=hid, description=f"hypothesis {hid}", estimated_test_time=estimate)
+
+
+def add_script(worktree: Path, hid: str, body: str) -> Path:
+    path = worktree / ".falsification" / f"test_{hid}.sh"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body).lstrip())
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def worktree(tmp_path: Path) -> Path:
+    wt = tmp_path / "repo-hyp"
+    wt.mkdir()
+    add_script(wt, "ok", "echo passing; pwd")
+    add_script(wt, "bad", "echo failing >&2; exit 3")
+    add_script(wt, "slow", "sleep 30")
+    return wt
+
+
+def test_enums_and_defaults_match_the_original() -> None:
+    assert [s.value for s in HypothesisStatus] == [
+        "pending", "testing", "falsified", "supported", "inconclusive",
+    ]
+    assert [r.value for r in TestResult] == ["pass", "fail", "timeout", "error"]
+    h = Hypothesis(id="h", description="d")
+    assert (h.test_strategy, h.expected_behavior, h.estimated_test_time) == ("", "", 0.0)
+    assert (h.probability, h.impact, h.test_complexity) == (0.5, 0.5, 0.5)
+    assert h.status is HypothesisStatus.PENDING
+    assert h.test_results is None and h.confidence_score is None and h.dependencies == []
+    assert Hypothesis(id="x", description="y").dependencies is not h.dependencies
+    c = FalsificationConfig()
+    assert (c.test_timeout, c.min_parallel_time, c.test_command) == (300, 60, "pytest")
+    assert c.max_concurrent_tests == 5
+    assert (c.worktree_creation_time, c.session_startup_time) == (8.0, 5.0)
+    assert (c.environment_setup_time, c.cleanup_time) == (5.0, 3.0)
+    assert (c.parallel_overhead_s, c.per_hypothesis_overhead_s, c.kill_grace_s) == (7, 16, 5)
+    r = TestExecutionResult(hypothesis_id="h", result=TestResult.PASS, duration=1.0)
+    assert (r.stdout, r.stderr, r.exit_code, r.worktree_path, r.error_message) == (
+        "", "", 0, "", "",
+    )
+    assert r.metrics == {}
+
+
+async def test_pass_and_fail(worktree: Path) -> None:
+    ex = AsyncTestExecutor()
+    ok = await ex.execute_single_async(hyp("ok"), worktree)
+    assert (ok.result, ok.exit_code, ok.hypothesis_id) == (TestResult.PASS, 0, "ok")
+    assert ok.stdout == f"passing\n{worktree}\n"  # ran in the worktree
+    assert ok.worktree_path == str(worktree)
+    assert ok.metrics["confidence"] == 0.6
+    bad = await ex.execute_single_async(hyp("bad"), str(worktree))
+    assert (bad.result, bad.exit_code) == (TestResult.FAIL, 3)
+    assert "failing" in bad.stdout and bad.metrics["confidence"] == 0.6
+
+
+async def test_timeout_is_124_and_kills(worktree: Path) -> None:
+    ex = AsyncTestExecutor(FalsificationConfig(test_timeout=0.5, kill_grace_s=0.5))
+    res = await ex.execute_single_async(hyp("slow"), worktree)
+    assert (res.result, res.exit_code) == (TestResult.TIMEOUT, 124)
+    assert res.metrics["confidence"] == 0.3
+    assert res.duration < 15
+
+
+async def test_missing_script_is_error_not_found(worktree: Path) -> None:
+    res = await AsyncTestExecutor().execute_single_async(hyp("nope"), worktree)
+    assert res.result is TestResult.ERROR
+    assert "not found" in res.error_message
+    assert res.metrics["confidence"] == 0.2
+
+
+def test_confidence_table() -> None:
+    assert confidence_for(TestResult.TIMEOUT, 100) == 0.3
+    assert confidence_for(TestResult.ERROR, 0.1) == 0.2
+    assert confidence_for(TestResult.PASS, 4.99) == 0.6
+    assert confidence_for(TestResult.FAIL, 4.99) == 0.6
+    assert confidence_for(TestResult.PASS, 5.0) == 0.85
+    assert confidence_for(TestResult.FAIL, 60) == 0.85
+
+
+@pytest.mark.parametrize(
+    ("estimates", "expected"),
+    [
+        ([], False),
+        ([1000], False),  # one hypothesis: nothing to parallelise
+        ([10, 10], False),  # 20 > 10 + 7 + 32 ? no
+        ([39, 39], False),  # 78 > 39 + 7 + 32 = 78 ? no (strictly greater)
+        ([39.5, 39.5], True),
+        ([40, 40], True),
+        ([100, 100, 100], True),  # 300 > 100 + 7 + 48
+        ([60, 1, 1], False),
+    ],
+)
+def test_should_parallelize(estimates: list[float], expected: bool) -> None:
+    hs = [hyp(f"h{i}", e) for i, e in enumerate(estimates)]
+    assert AsyncTestExecutor().should_parallelize(hs) is expected
+    assert TestExecutor().should_parallelize(hs) is expected
+
+
+def test_should_parallelize_uses_config_overheads() -> None:
+    cfg = FalsificationConfig(parallel_overhead_s=0, per_hypothesis_overhead_s=0)
+    assert AsyncTestExecutor(cfg).should_parallelize([hyp("a", 10), hyp("b", 10)]) is True
+
+
+async def test_parallel_results_in_input_order_and_missing_worktree(worktree: Path) -> None:
+    ex = AsyncTestExecutor()
+    hs = [hyp("bad"), hyp("ghost"), hyp("ok")]
+    results = await ex.execute_parallel_async(hs, {"ok": worktree, "bad": worktree})
+    assert [r.hypothesis_id for r in results] == ["bad", "ghost", "ok"]
+    assert [r.result for r in results] == [TestResult.FAIL, TestResult.ERROR, TestResult.PASS]
+    assert "ghost" in results[1].error_message
+
+
+async def test_max_concurrent_tests_is_honoured(tmp_path: Path) -> None:
+    wt = tmp_path / "wt"
+    (wt / "running").mkdir(parents=True)
+    (wt / "counts").mkdir()
+    ids = [f"c{i}" for i in range(6)]
+    for hid in ids:
+        # Each script registers itself, records how many are registered, then leaves.
+        add_script(
+            wt,
+            hid,
+            f"""
+            touch running/{hid}
+            ls running | wc -l > counts/{hid}
+            sleep 0.3
+            rm running/{hid}
+            """,
+        )
+    ex = AsyncTestExecutor(FalsificationConfig(max_concurrent_tests=2))
+    results = await ex.execute_parallel_async([hyp(h) for h in ids], dict.fromkeys(ids, wt))
+    assert all(r.result is TestResult.PASS for r in results)
+    counts = [int((wt / "counts" / h).read_text()) for h in ids]
+    assert max(counts) <= 2, counts
+
+
+def test_sync_api_and_wrapper_delegate(worktree: Path) -> None:
+    cfg = FalsificationConfig(max_concurrent_tests=3)
+    wrapper = TestExecutor(cfg)
+    assert wrapper.config is cfg and wrapper.async_executor.config is cfg
+    single = wrapper.execute_single(hyp("ok"), worktree)
+    assert single.result is TestResult.PASS
+    many = wrapper.execute_parallel([hyp("ok"), hyp("bad")], {"ok": worktree, "bad": worktree})
+    assert [r.result for r in many] == [TestResult.PASS, TestResult.FAIL]
+    direct = AsyncTestExecutor(cfg).execute_single(hyp("bad"), worktree)
+    assert (direct.result, direct.exit_code) == (TestResult.FAIL, 3)
+
+
+async def test_sync_api_works_inside_a_running_loop(worktree: Path) -> None:
+    res = AsyncTestExecutor().execute_single(hyp("ok"), worktree)  # blocks this loop, by design
+    assert res.result is TestResult.PASS
+    assert asyncio.get_running_loop().is_running()
+
+
+def test_to_dict_is_json_friendly(worktree: Path) -> None:
+    res = AsyncTestExecutor().execute_single(hyp("bad"), worktree)
+    d = res.to_dict()
+    assert d["result"] == "fail" and d["exit_code"] == 3 and d["hypothesis_id"] == "bad"
+    assert d["worktree_path"] == str(worktree)
+    assert set(d) == {
+        "hypothesis_id", "result", "duration", "stdout", "stderr", "exit_code",
+        "worktree_path", "error_message", "metrics",
+    }
+    assert json.loads(json.dumps(d)) == d
+    e = TestExecutionResult(
+        hypothesis_id="x", result=TestResult.ERROR, duration=0.0,
+        metrics={"status": HypothesisStatus.FALSIFIED},
+    ).to_dict()
+    assert e["result"] == "error" and e["metrics"] == {"status": "falsified"}
+
+
+def test_log_dir_gives_one_private_log_per_hypothesis(worktree: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    res = AsyncTestExecutor(FalsificationConfig(log_dir=logs)).execute_single(hyp("ok"), worktree)
+    log = logs / "ok.log"
+    assert res.metrics["log_path"] == str(log)
+    assert log.read_text().startswith("passing\n")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_no_log_files_by_default(worktree: Path, tmp_path: Path) -> None:
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    AsyncTestExecutor().execute_single(hyp("ok"), worktree)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before
+
+
+def test_api_test_classes_are_not_collected_by_pytest() -> None:
+    # pytest must not mistake the API's Test* classes for test classes.
+    assert TestExecutor.__test__ is False  # type: ignore[attr-defined]
+    assert TestResult.__test__ is False  # type: ignore[attr-defined]
+    assert TestExecutionResult.__test__ is False  # type: ignore[attr-defined]

@@ -1,0 +1,357 @@
+"""The job runner with real processes: results, kills, cancellation, bounded output, env."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from parallel_orchestrator import janitor, runner
+from parallel_orchestrator.runner import JobSpec, cut_marker, run_job
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+
+
+def spec(tmp_path: Path, *argv: str, **kw: object) -> JobSpec:
+    fields: dict[str, object] = {"cwd": tmp_path, "env": dict(ENV), "timeout_s": 30.0}
+    fields.update(kw)
+    return JobSpec(argv=tuple(argv), **fields)  # type: ignore[arg-type]
+
+
+def script(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body).lstrip())
+    path.chmod(0o755)
+    return path
+
+
+def running(pid: int, start_time: int | None = None) -> bool:
+    """Alive and not a zombie (this machine's init may never reap), and the same process."""
+    st = janitor.read_stat(pid)
+    if st is None or st.state in ("Z", "X"):
+        return False
+    return start_time is None or st.start_time == start_time
+
+
+async def wait_until(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def read_pid_file(path: Path) -> tuple[int, int | None]:
+    assert await wait_until(lambda: path.exists() and path.read_text().strip() != "")
+    pid = int(path.read_text().split()[0])
+    return pid, janitor.process_start_time(pid)
+
+
+async def test_exit_codes_map_to_pass_and_fail(tmp_path: Path) -> None:
+    ok = await run_job(spec(tmp_path, "true"))
+    assert (ok.result, ok.exit_code, ok.error_message) == ("pass", 0, "")
+    bad = await run_job(spec(tmp_path, "sh", "-c", "echo out; echo err >&2; exit 3"))
+    assert (bad.result, bad.exit_code) == ("fail", 3)
+    assert bad.output_tail == "out\nerr\n"  # stderr merged into the same stream
+    assert bad.pid is not None and bad.duration_s >= 0
+    assert bad.started_at <= bad.finished_at
+
+
+async def test_signal_death_is_128_plus_signum(tmp_path: Path) -> None:
+    out = await run_job(spec(tmp_path, "sh", "-c", "kill -TERM $$"))
+    assert (out.result, out.exit_code) == ("fail", 143)
+    assert "SIGTERM" in out.error_message
+
+
+async def test_own_process_group_and_session_stdin_devnull(tmp_path: Path) -> None:
+    seen: list[int] = []
+    code = "import os,sys; print(os.getpid(), os.getpgrp(), os.getsid(0), sys.stdin.read()=='')"
+    out = await run_job(spec(tmp_path, sys.executable, "-c", code), on_started=seen.append)
+    pid, pgid, sid, stdin_empty = out.output_tail.split()
+    assert int(pid) == int(pgid) == int(sid) == out.pid == seen[0]
+    assert stdin_empty == "True"
+
+
+async def test_timeout_kills_term_ignoring_script_and_its_grandchild(tmp_path: Path) -> None:
+    job = script(
+        tmp_path,
+        "stubborn.sh",
+        """
+        #!/bin/sh
+        trap '' TERM
+        sleep 300 &
+        echo $! > grandchild.pid
+        while :; do sleep 0.05; done
+        """,
+    )
+    task = asyncio.create_task(run_job(spec(tmp_path, str(job), timeout_s=1.0, kill_grace_s=0.5)))
+    gc, gc_start = await read_pid_file(tmp_path / "grandchild.pid")
+    out = await task
+    assert (out.result, out.exit_code) == ("timeout", 124)
+    assert out.extra["group_signal"] == "SIGKILL"  # SIGTERM was ignored for the grace
+    assert "timed out after 1 s" in out.error_message
+    assert not running(gc, gc_start)
+    assert out.pid is not None and not running(out.pid)
+    assert 1.4 <= out.duration_s < 15
+
+
+async def test_normal_exit_kills_background_leftover_and_does_not_wait_for_its_pipe(
+    tmp_path: Path,
+) -> None:
+    job = script(
+        tmp_path,
+        "leaves.sh",
+        """
+        #!/bin/sh
+        sleep 300 &
+        echo $! > bg.pid
+        echo done
+        """,
+    )
+    task = asyncio.create_task(run_job(spec(tmp_path, str(job), kill_grace_s=5.0)))
+    bg, bg_start = await read_pid_file(tmp_path / "bg.pid")
+    out = await task
+    assert (out.result, out.exit_code) == ("pass", 0)
+    assert out.extra["group_signal"] == "SIGTERM"
+    assert not running(bg, bg_start)
+    assert out.output_tail == "done\n"
+    assert out.duration_s < 5  # the sleep held stdout open: we did not wait for EOF
+
+
+async def test_cancellation_does_not_orphan(tmp_path: Path) -> None:
+    """Regression: cancelling the awaiting task kills the group, reaps, re-raises."""
+    job = script(
+        tmp_path,
+        "forever.sh",
+        """
+        #!/bin/sh
+        trap '' TERM
+        sleep 300 &
+        echo $$ $! > pids
+        while :; do sleep 0.05; done
+        """,
+    )
+    task = asyncio.create_task(run_job(spec(tmp_path, str(job), kill_grace_s=0.3)))
+    assert await wait_until(lambda: (tmp_path / "pids").exists() and len(
+        (tmp_path / "pids").read_text().split()) == 2)
+    leader, gc = (int(x) for x in (tmp_path / "pids").read_text().split())
+    gc_start = janitor.process_start_time(gc)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not running(leader) and not running(gc, gc_start)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(leader, os.WNOHANG)  # already reaped: no zombie left with us
+    assert leader not in runner.job_leaders()
+
+
+async def test_second_cancel_during_cleanup_skips_grace_but_still_kills(tmp_path: Path) -> None:
+    job = script(
+        tmp_path,
+        "stubborn.sh",
+        """
+        #!/bin/sh
+        trap '' TERM
+        echo $$ > pid
+        while :; do sleep 0.05; done
+        """,
+    )
+    task = asyncio.create_task(run_job(spec(tmp_path, str(job), kill_grace_s=60.0)))
+    leader, start = await read_pid_file(tmp_path / "pid")
+    t0 = time.monotonic()
+    task.cancel()
+    await asyncio.sleep(0.2)  # not synchronisation: the second cancel may land at any point
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - t0 < 30  # far less than the 60 s grace
+    assert not running(leader, start)
+
+
+async def test_exec_failures_are_errors_naming_the_command(tmp_path: Path) -> None:
+    missing = await run_job(spec(tmp_path, "no-such-command-xyz.sh"))
+    assert (missing.result, missing.exit_code) == ("error", None)
+    assert missing.error_message == (
+        "cannot run 'no-such-command-xyz.sh': No such file or directory"
+    )
+
+    not_exec = tmp_path / "plain.sh"
+    not_exec.write_text("#!/bin/sh\ntrue\n")
+    denied = await run_job(spec(tmp_path, str(not_exec)))
+    assert denied.result == "error" and "Permission denied" in denied.error_message
+    assert str(not_exec) in denied.error_message
+
+    no_shebang = script(tmp_path, "noshebang", "\x7fELF garbage\n")
+    enoexec = await run_job(spec(tmp_path, str(no_shebang)))
+    assert enoexec.result == "error" and "Exec format error" in enoexec.error_message
+
+    bad_interp = script(tmp_path, "badinterp.sh", "#!/nonexistent/interpreter\n")
+    interp = await run_job(spec(tmp_path, str(bad_interp)))
+    assert interp.result == "error" and "interpreter" in interp.error_message
+
+    gone = tmp_path / "gone"
+    no_cwd = await run_job(spec(tmp_path, "true", cwd=gone))
+    assert no_cwd.result == "error" and str(gone) in no_cwd.error_message
+
+
+async def test_undecodable_bytes_are_replaced(tmp_path: Path) -> None:
+    out = await run_job(spec(tmp_path, "printf", "\\377\\376ok"))
+    assert out.result == "pass"
+    assert out.output_tail == "\ufffd\ufffdok"
+
+
+async def test_log_keeps_head_and_tail_with_marker(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "deep" / "job.log"
+    out = await run_job(
+        spec(tmp_path, "seq", "1", "100000", log_path=log, max_log_bytes=10_000, tail_bytes=100)
+    )
+    full = subprocess.run(["seq", "1", "100000"], capture_output=True, check=True).stdout
+    data = log.read_bytes()
+    cut = len(full) - 10_000
+    assert data == full[:5000] + cut_marker(cut) + full[-5000:]
+    assert out.extra["output_bytes"] == len(full)
+    assert out.extra["output_bytes_cut"] == cut
+    assert out.output_tail == full[-100:].decode()
+
+
+async def test_short_output_is_logged_whole_and_private(tmp_path: Path) -> None:
+    log = tmp_path / "state" / "runs" / "job.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("old content that must go")
+    log.chmod(0o644)
+    out = await run_job(spec(tmp_path, "echo", "hello", log_path=log))
+    assert out.result == "pass"
+    assert log.read_text() == "hello\n"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+async def test_new_log_dirs_are_0700(tmp_path: Path) -> None:
+    log = tmp_path / "a" / "b" / "job.log"
+    await run_job(spec(tmp_path, "true", log_path=log))
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    for d in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700
+
+
+async def test_env_is_scrubbed_and_marked(tmp_path: Path) -> None:
+    env = dict(ENV)
+    env.update(
+        NOTIFY_SOCKET="/run/systemd/notify",
+        WATCHDOG_USEC="1000000",
+        WATCHDOG_PID="1",
+        LISTEN_FDS="2",
+        LISTEN_PID="1",
+        LISTEN_FDNAMES="a:b",
+        KEEP_ME="yes",
+    )
+    out = await run_job(spec(tmp_path, "env", env=env, job_id="job-42"))
+    lines = set(out.output_tail.splitlines())
+    assert "KEEP_ME=yes" in lines and "PO_JOB_ID=job-42" in lines
+    assert not [x for x in lines if x.startswith(("NOTIFY_", "WATCHDOG_", "LISTEN_"))]
+
+
+FLOOD = """
+import asyncio, json, resource, sys
+from pathlib import Path
+from parallel_orchestrator.runner import JobSpec, run_job
+
+async def main() -> None:
+    n, log = int(sys.argv[1]), Path(sys.argv[2])
+    spec = JobSpec(argv=("head", "-c", str(n), "/dev/zero"), cwd=log.parent,
+                   env={"PATH": "/usr/bin:/bin"}, timeout_s=120, log_path=log,
+                   max_log_bytes=1 << 20)
+    out = await run_job(spec)
+    print(json.dumps({"result": out.result, "size": log.stat().st_size,
+                      "cut": out.extra.get("output_bytes_cut", 0),
+                      "tail": len(out.output_tail),
+                      "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+asyncio.run(main())
+"""
+
+
+def test_output_flood_keeps_log_and_memory_bounded(tmp_path: Path) -> None:
+    harness = tmp_path / "flood.py"
+    harness.write_text(FLOOD)
+
+    def run(n: int) -> dict[str, int | str]:
+        proc = subprocess.run(
+            [sys.executable, str(harness), str(n), str(tmp_path / f"{n}.log")],
+            capture_output=True, text=True, timeout=120, check=True,
+        )
+        return json.loads(proc.stdout)
+
+    baseline = run(0)
+    flood = run(50_000_000)
+    assert flood["result"] == "pass"
+    assert flood["size"] <= (1 << 20) + len(cut_marker(50_000_000))
+    assert flood["cut"] == 50_000_000 - (1 << 20)
+    assert flood["tail"] == 2048
+    growth_mb = (int(flood["maxrss_kb"]) - int(baseline["maxrss_kb"])) / 1024
+    assert growth_mb < 16, f"RSS grew {growth_mb:.1f} MB for 50 MB of output"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ watches children with pidfds")
+async def test_no_thread_per_child_on_311(tmp_path: Path) -> None:
+    if not runner.install_child_watcher():
+        pytest.skip("no pidfd support here")
+    go = tmp_path / "go"
+    threads_before = threading.active_count()
+    task = asyncio.create_task(
+        run_job(spec(tmp_path, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.01; done"))
+    )
+    assert await wait_until(lambda: len(runner.job_leaders()) >= 1)
+    assert threading.active_count() == threads_before
+    go.touch()
+    assert (await task).result == "pass"
+
+
+async def test_no_timeout_when_zero(tmp_path: Path) -> None:
+    out = await run_job(spec(tmp_path, "true", timeout_s=0))
+    assert out.result == "pass"
+
+
+async def test_many_short_jobs_leave_no_registry_entries(tmp_path: Path) -> None:
+    outs = await asyncio.gather(*(run_job(spec(tmp_path, "true")) for _ in range(40)))
+    assert {o.result for o in outs} == {"pass"}
+    assert not {o.pid for o in outs} & runner.job_leaders()
+
+
+UNAWAITED = """
+import asyncio, sys
+from pathlib import Path
+from parallel_orchestrator.runner import JobSpec, run_job
+
+work = Path(sys.argv[1])
+
+async def main() -> None:
+    spec = JobSpec(argv=("sh", "-c", "trap '' TERM; sleep 300 & echo $! > gc.pid; wait"),
+                   cwd=work, env={"PATH": "/usr/bin:/bin"}, timeout_s=300, kill_grace_s=0.2)
+    asyncio.get_running_loop().create_task(run_job(spec))  # never awaited: a caller's bug
+    while not (work / "gc.pid").exists() or not (work / "gc.pid").read_text():
+        await asyncio.sleep(0.01)
+
+asyncio.run(main())  # cancels the forgotten task on the way out
+print("done")
+"""
+
+
+def test_loop_shutdown_with_an_unawaited_job_still_kills_it(tmp_path: Path) -> None:
+    harness = tmp_path / "unawaited.py"
+    harness.write_text(UNAWAITED)
+    proc = subprocess.run([sys.executable, str(harness), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
+    gc = int((tmp_path / "gc.pid").read_text())
+    assert not running(gc)
