@@ -92,3 +92,20 @@ def test_batch_ids_are_unique() -> None:
         b.add("h", {"a"}, i, i)
         ids |= {x.batch_id for x in b.close_due(i + 0.5)}
     assert len(ids) == 5
+
+
+def test_transient_files_are_dropped_but_deletes_count() -> None:
+    existing = {"calc.py"}
+    b = Batcher(0.2, 2.0, lambda h: False, exists=lambda h, p: p in existing)
+    # an editor's save: temp file created, renamed onto calc.py (modified)
+    b.add("h", {".calc.py.swp", "calc.py"}, 0.0, 0.0, created={".calc.py.swp"})
+    # a real delete of a file that existed before the batch
+    b.add("h", {"old.py"}, 0.0, 0.0)
+    [batch] = b.close_due(1.0)
+    assert batch.changes == {"h": {"calc.py", "old.py"}}
+
+
+def test_a_batch_of_only_transient_files_is_empty() -> None:
+    b = Batcher(0.2, 2.0, lambda h: False, exists=lambda h, p: False)
+    b.add("h", {"tmp123"}, 0.0, 0.0, created={"tmp123"})
+    assert b.close_due(1.0) == []

@@ -46,6 +46,7 @@ class Batcher:
         max_wait_s: float,
         is_locked: Callable[[str], bool],
         id_prefix: str = "b",
+        exists: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.debounce_s = debounce_s
         self.max_wait_s = max_wait_s
@@ -53,6 +54,11 @@ class Batcher:
         self._ids = itertools.count(1)
         self._prefix = id_prefix
         self._pending: dict[str, set[str]] = {}
+        # Paths first seen being created in the open batch. One that is gone again when the
+        # batch closes was transient (an editor's temp file renamed onto the real path, a
+        # tool's scratch file): not a change of the code, so it is dropped then.
+        self._created: dict[str, set[str]] = {}
+        self._exists = exists
         self._first: float | None = None
         self._last: float | None = None
         self.held: dict[str, _Held] = {}
@@ -60,9 +66,14 @@ class Batcher:
     def next_batch_id(self) -> str:
         return f"{self._prefix}{next(self._ids)}"
 
-    def add(self, hyp: str, paths: Iterable[str], first: float, last: float) -> None:
-        """Record changes; ``first``/``last`` are the estimated times they happened."""
+    def add(self, hyp: str, paths: Iterable[str], first: float, last: float,
+            created: Iterable[str] = ()) -> None:
+        """Record changes; ``first``/``last`` are the estimated times they happened;
+        ``created`` are those among ``paths`` whose change was a creation."""
         bucket = self._pending.setdefault(hyp, set())
+        fresh = set(created) - bucket
+        if fresh:
+            self._created.setdefault(hyp, set()).update(fresh)
         bucket.update(paths)
         if not bucket:
             del self._pending[hyp]
@@ -73,6 +84,7 @@ class Batcher:
     def forget(self, hyp: str) -> None:
         """A removed hypothesis: drop whatever it had pending or held."""
         self._pending.pop(hyp, None)
+        self._created.pop(hyp, None)
         self.held.pop(hyp, None)
         if not self._pending:
             self._first = self._last = None
@@ -95,6 +107,7 @@ class Batcher:
             deadline = min(self._first + self.max_wait_s, self._last + self.debounce_s)
             if now >= deadline:
                 ready: dict[str, set[str]] = {}
+                self._drop_transient()
                 for hyp, paths in self._pending.items():
                     if hyp in self.held or self._is_locked(hyp):
                         held = self.held.setdefault(hyp, _Held(since=now))
@@ -104,9 +117,21 @@ class Batcher:
                 if ready:
                     out.append(Batch(self.next_batch_id(), ready, self._first, now))
                 self._pending = {}
+                self._created = {}
                 self._first = self._last = None
         out.extend(self._release_held(now))
         return out
+
+    def _drop_transient(self) -> None:
+        if self._exists is None:
+            return
+        for hyp, created in self._created.items():
+            bucket = self._pending.get(hyp)
+            if bucket is None:
+                continue
+            bucket -= {p for p in created if not self._exists(hyp, p)}
+            if not bucket:
+                del self._pending[hyp]
 
     def _release_held(self, now: float) -> list[Batch]:
         released: list[Batch] = []

@@ -36,6 +36,7 @@ from .watcher import Chunk, Watcher, step_for
 from .worktrees import Worktree, WorktreeError, discover_async, git_common_dir, index_lock_path
 
 MAX_LOGGED_PATHS = 50
+CHANGE_ADDED = 1  # watchfiles.Change.added
 REDISCOVER_EVERY_S = 10.0
 REAP_EVERY_S = 2.0
 STATUS_RETRY_S = 1.0
@@ -90,7 +91,7 @@ class Daemon:
         d = settings.daemon
         self.batcher = Batcher(
             d.debounce_ms / 1000, d.max_batch_wait_ms / 1000, self._is_locked,
-            id_prefix=f"{self.session}-b",
+            id_prefix=f"{self.session}-b", exists=self._exists,
         )
         self.board = StatusBoard(pid=os.getpid(), version=__version__,
                                  config_path=settings.config_path)
@@ -322,6 +323,10 @@ class Daemon:
                 return hyp, path[len(prefix):]
         return None
 
+    def _exists(self, hyp: str, rel: str) -> bool:
+        wt = self.worktrees.get(hyp)
+        return wt is not None and os.path.lexists(os.path.join(wt.path, rel))
+
     def _is_locked(self, hyp: str) -> bool:
         wt = self.worktrees.get(hyp)
         if wt is None:
@@ -333,9 +338,10 @@ class Daemon:
 
     def _on_chunk(self, chunk: Chunk) -> None:
         per_hyp: dict[str, set[str]] = {}
+        created: dict[str, set[str]] = {}
         rediscover = False
         lock_event = False
-        for _change, path in chunk.changes:
+        for change, path in chunk.changes:
             if path in self._locks:
                 lock_event = True
                 continue
@@ -356,19 +362,23 @@ class Daemon:
                 if oracle is not None:
                     oracle.invalidate()
             per_hyp.setdefault(hyp, set()).add(rel)
+            if change == CHANGE_ADDED:
+                created.setdefault(hyp, set()).add(rel)
         if rediscover:
             self._rediscover_requested.set()
         if lock_event:
             self._arm_timer(force=True)
         for hyp, rels in per_hyp.items():
             if self.settings.worktrees.respect_gitignore and hyp in self._oracles:
-                self._spawn(self._admit(hyp, rels, chunk.first, chunk.last))
+                self._spawn(self._admit(hyp, rels, chunk.first, chunk.last,
+                                        created.get(hyp, set())))
             else:
-                self.batcher.add(hyp, rels, chunk.first, chunk.last)
+                self.batcher.add(hyp, rels, chunk.first, chunk.last, created.get(hyp, ()))
         if per_hyp:
             self._arm_timer()
 
-    async def _admit(self, hyp: str, rels: set[str], first: float, last: float) -> None:
+    async def _admit(self, hyp: str, rels: set[str], first: float, last: float,
+                     created: set[str]) -> None:
         oracle = self._oracles.get(hyp)
         if oracle is None:
             return
@@ -379,7 +389,7 @@ class Daemon:
             ignored = set()
         keep = rels - ignored
         if keep and hyp in self.worktrees:
-            self.batcher.add(hyp, keep, first, last)
+            self.batcher.add(hyp, keep, first, last, created & keep)
             self._arm_timer()
 
     def _on_watcher_restart(self, reason: str) -> None:
