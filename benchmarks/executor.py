@@ -7,7 +7,11 @@ Workloads: (a) 500 jobs of /bin/true — pure per-job overhead; (b) 50 jobs of `
 
 * ``executor``   AsyncTestExecutor.execute_parallel (run_job underneath; library mode)
 * ``daemon``     run_job as the daemon runs it: subreaper on, escapee sweep after each job
+* ``spawn_in_thread`` the runner's spawn design stripped to its core: Popen in a 4-thread
+  pool (fork/exec off the event loop), output via add_reader, exit via pidfd; no kill logic
 * ``threadpool`` ThreadPoolExecutor + subprocess.run(capture_output=True), the original's shape
+* ``asyncio_bare`` create_subprocess_exec + communicate under a semaphore, nothing else: what
+  the asyncio subprocess API costs by itself (no process group, no kill, no bounds)
 * ``posix_spawn`` os.posix_spawn + os.waitpid, at most N in flight: the floor
 
 Each job runs ``<worktree>/.falsification/test_<id>.sh`` (a symlink to /bin/true for (a), a
@@ -33,7 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-VARIANTS = ("executor", "daemon", "threadpool", "posix_spawn")
+VARIANTS = ("executor", "daemon", "asyncio_bare", "spawn_in_thread", "threadpool", "posix_spawn")
 WORKLOADS = {"a": ("500 x /bin/true", 500), "b": ("50 x sleep 0.1", 50)}
 
 
@@ -95,6 +99,76 @@ def run_threadpool(wt: Path, n: int, conc: int) -> None:
     assert set(codes) == {0}
 
 
+def run_asyncio_bare(wt: Path, n: int, conc: int) -> None:
+    async def main() -> None:
+        limit = asyncio.Semaphore(conc)
+
+        async def one(script: str) -> int | None:
+            async with limit:
+                proc = await asyncio.create_subprocess_exec(
+                    script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=wt
+                )
+                await asyncio.wait_for(proc.communicate(), 300)
+                return proc.returncode
+
+        codes = await asyncio.gather(*(one(s) for s in scripts_of(wt, n)))
+        assert set(codes) == {0}
+
+    if sys.version_info < (3, 12):  # same child watcher as ours, so only the API differs
+        from parallel_orchestrator.runner import install_child_watcher
+
+        install_child_watcher()
+    asyncio.run(main())
+
+
+def run_spawn_in_thread(wt: Path, n: int, conc: int) -> None:
+    pool = ThreadPoolExecutor(max_workers=4)
+
+    async def one(script: str) -> int | None:
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            proc = await loop.run_in_executor(pool, lambda: subprocess.Popen(
+                [script], stdin=subprocess.DEVNULL, stdout=w, stderr=w, cwd=wt,
+                start_new_session=True))
+        finally:
+            os.close(w)
+        os.set_blocking(r, False)
+        eof, exited = loop.create_future(), loop.create_future()
+
+        def readable() -> None:
+            if not os.read(r, 262144):
+                loop.remove_reader(r)
+                eof.set_result(None)
+
+        pidfd = os.pidfd_open(proc.pid)
+
+        def ended() -> None:
+            loop.remove_reader(pidfd)
+            exited.set_result(proc.wait())
+
+        loop.add_reader(r, readable)
+        loop.add_reader(pidfd, ended)
+        code = await exited
+        await eof
+        os.close(r)
+        os.close(pidfd)
+        return code
+
+    async def main() -> None:
+        limit = asyncio.Semaphore(conc)
+
+        async def bounded(script: str) -> int | None:
+            async with limit:
+                return await one(script)
+
+        codes = await asyncio.gather(*(bounded(s) for s in scripts_of(wt, n)))
+        assert set(codes) == {0}
+
+    asyncio.run(main())
+    pool.shutdown()
+
+
 def run_posix_spawn(wt: Path, n: int, conc: int) -> None:
     env = dict(os.environ)
     pending = scripts_of(wt, n)
@@ -112,6 +186,8 @@ def run_posix_spawn(wt: Path, n: int, conc: int) -> None:
 RUNNERS: dict[str, Callable[[Path, int, int], None]] = {
     "executor": run_executor,
     "daemon": run_daemon_style,
+    "asyncio_bare": run_asyncio_bare,
+    "spawn_in_thread": run_spawn_in_thread,
     "threadpool": run_threadpool,
     "posix_spawn": run_posix_spawn,
 }
@@ -125,6 +201,8 @@ def cpu_seconds() -> float:
 
 def child_main(variant: str, wt: Path, n: int, conc: int) -> None:
     """One measurement in this (fresh) interpreter; prints one JSON line."""
+    if variant in ("executor", "daemon", "asyncio_bare"):  # one-time cost: not measured
+        import parallel_orchestrator.async_test_executor  # noqa: F401
     cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     RUNNERS[variant](wt, n, conc)
@@ -172,7 +250,7 @@ def main() -> int:
             med = {v: {k: statistics.median(s[k] for s in samples[v]) for k in ("wall", "cpu")}
                    for v in variants}
             print(f"\n({workload}) {label}")
-            print(f"  {'variant':<12} {'wall s':>8} {'cpu s':>8} {'rss MB':>7}"
+            print(f"  {'variant':<15} {'wall s':>8} {'cpu s':>8} {'rss MB':>7}"
                   f" {'wall/pool':>10} {'wall/spawn':>11}")
             for v in variants:
                 rss = max(s["rss_mb"] for s in samples[v])
@@ -180,7 +258,7 @@ def main() -> int:
                 floor = med.get("posix_spawn", {}).get("wall")
                 vs_pool = f"{med[v]['wall'] / pool:.2f}x" if pool else "-"
                 vs_floor = f"{med[v]['wall'] / floor:.2f}x" if floor else "-"
-                print(f"  {v:<12} {med[v]['wall']:>8.3f} {med[v]['cpu']:>8.3f} {rss:>7.1f}"
+                print(f"  {v:<15} {med[v]['wall']:>8.3f} {med[v]['cpu']:>8.3f} {rss:>7.1f}"
                       f" {vs_pool:>10} {vs_floor:>11}")
     finally:
         shutil.rmtree(root, ignore_errors=True)

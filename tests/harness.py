@@ -50,7 +50,9 @@ def make_repo(root: Path, hypotheses: Iterable[str] = ("hyp-1", "hyp-2"),
 
 
 def write_config(path: Path, repo: Path, scripts: list[dict[str, Any]],
-                 **daemon: Any) -> Path:
+                 worktrees: dict[str, Any] | None = None, **daemon: Any) -> Path:
+    """A config file (mode 0600) next to which the daemon keeps ``state/`` and ``daemon.log``;
+    ``worktrees`` adds keys to the ``[worktrees]`` table, ``daemon`` to ``[daemon]``."""
     doc = {
         "daemon": {
             "state_dir": "state",
@@ -60,7 +62,7 @@ def write_config(path: Path, repo: Path, scripts: list[dict[str, Any]],
             "run_on_start": False,
             **daemon,
         },
-        "worktrees": {"repo": os.fsdecode(repo)},
+        "worktrees": {"repo": os.fsdecode(repo), **(worktrees or {})},
         "scripts": scripts,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,14 +102,8 @@ class DaemonProcess:
 
     # -- observation -------------------------------------------------------------------
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
         out = []
-        for line in lines:
-            if not line.strip():
-                continue
+        for line in self.log_lines():
             event = json.loads(line)
             if name is None or event["event"] == name:
                 out.append(event)
@@ -122,8 +118,31 @@ class DaemonProcess:
 
         return wait_until(found, timeout, what=f"{count} x {name}")
 
+    def log_lines(self) -> list[str]:
+        """The complete raw log lines: a line still being written (no newline yet) is left
+        for the next read rather than parsed half-way."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        complete = text[: text.rfind("\n") + 1]
+        return [ln for ln in complete.splitlines() if ln.strip()]
+
     def status(self) -> dict[str, Any]:
         return json.loads(self.status_path.read_text())
+
+    def wait_status(self, predicate: Callable[[dict[str, Any]], Any],
+                    timeout: float = EVENT_TIMEOUT_S, what: str = "status") -> dict[str, Any]:
+        """The first status document satisfying ``predicate`` (read as a user would)."""
+        def found() -> dict[str, Any] | None:
+            self._check_alive()
+            try:
+                doc = self.status()
+            except (FileNotFoundError, ValueError):
+                return None
+            return doc if predicate(doc) else None
+
+        return wait_until(found, timeout, what=what)
 
     def cell(self, hyp: str, script: str) -> dict[str, Any]:
         return self.status()["hypotheses"][hyp]["scripts"][script]
@@ -149,6 +168,16 @@ class DaemonProcess:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def wait_exit(self, timeout: float = EVENT_TIMEOUT_S) -> int:
+        try:
+            self.exit_code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon still running after {timeout:.0f}s") from None
+        finally:
+            if self.proc.poll() is not None:
+                self._stderr.close()
+        return self.exit_code
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -161,6 +190,16 @@ class DaemonProcess:
         finally:
             self._stderr.close()
         return self.exit_code
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 60.0,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m parallel_orchestrator <args>`` to completion, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "parallel_orchestrator", *args], cwd=cwd,
+        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
 
 
 def pid_alive(pid: int) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parallel_orchestrator.batcher import STALE_LOCK_S, Batcher
+from parallel_orchestrator.batcher import STALE_LOCK_S, UNREPORTED_UNLOCK_S, Batcher
 
 
 def make(locked: set[str] | None = None, debounce: float = 0.2, max_wait: float = 2.0):
@@ -63,9 +63,21 @@ def test_locked_hypothesis_is_held_until_the_lock_goes() -> None:
     assert b.close_due(0.7) == []
     assert b.next_deadline(0.7) is not None  # keeps rechecking the lock
     locks.clear()
+    b.lock_released("h1")  # the watcher saw index.lock go
     [released] = b.close_due(0.8)
     assert released.changes == {"h1": {"a", "c"}}
     assert released.reason == "git_op_finished"
+
+
+def test_an_unreported_unlock_waits_for_the_watcher_then_releases_anyway() -> None:
+    b, locks = make(locked={"h"})
+    b.add("h", {"a"}, 0.0, 0.0)
+    assert b.close_due(0.3) == []
+    locks.clear()  # gone on disk; the watcher has not said so: git's last files may be
+    assert b.close_due(0.5) == []  # still on their way
+    b.add("h", {"b"}, 0.6, 0.6)
+    [released] = b.close_due(0.5 + UNREPORTED_UNLOCK_S)  # a watcher that missed it
+    assert released.changes == {"h": {"a", "b"}}
 
 
 def test_a_stale_lock_does_not_hold_changes_forever() -> None:
@@ -109,3 +121,21 @@ def test_a_batch_of_only_transient_files_is_empty() -> None:
     b = Batcher(0.2, 2.0, lambda h: False, exists=lambda h, p: False)
     b.add("h", {"tmp123"}, 0.0, 0.0, created={"tmp123"})
     assert b.close_due(1.0) == []
+
+
+def test_changes_still_pending_when_the_lock_goes_leave_with_the_held_ones() -> None:
+    # git wrote its last files just before removing index.lock; the daemon sees the
+    # removal (and closes early) before those files' debounce ended: one batch, not two.
+    b, locks = make({"h"})
+    b.add("h", {"a.py"}, 10.0, 10.0)
+    assert b.close_due(10.3) == []  # held: the lock exists
+    b.add("h", {"b.py"}, 10.4, 10.4)
+    b.add("other", {"c.py"}, 10.4, 10.4)
+    locks.clear()
+    b.lock_released("h")
+    [released] = b.close_due(10.45)  # forced early by the lock's removal
+    assert released.reason == "git_op_finished"
+    assert released.changes == {"h": {"a.py", "b.py"}}
+    [rest] = b.close_due(10.6)  # the other hypothesis keeps its own debounce
+    assert rest.changes == {"other": {"c.py"}}
+    assert b.next_deadline(11.0) is None

@@ -302,19 +302,33 @@ def test_output_flood_keeps_log_and_memory_bounded(tmp_path: Path) -> None:
     assert growth_mb < 16, f"RSS grew {growth_mb:.1f} MB for 50 MB of output"
 
 
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ watches children with pidfds")
-async def test_no_thread_per_child_on_311(tmp_path: Path) -> None:
-    if not runner.install_child_watcher():
-        pytest.skip("no pidfd support here")
+async def test_no_thread_per_job(tmp_path: Path) -> None:
+    """Exits are watched with pidfds; only the small spawn pool adds threads."""
+    await run_job(spec(tmp_path, "true"))  # warm the spawn pool
     go = tmp_path / "go"
     threads_before = threading.active_count()
-    task = asyncio.create_task(
-        run_job(spec(tmp_path, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.01; done"))
-    )
-    assert await wait_until(lambda: len(runner.job_leaders()) >= 1)
-    assert threading.active_count() == threads_before
+    jobs = [
+        asyncio.create_task(
+            run_job(spec(tmp_path, "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.01; done"))
+        )
+        for _ in range(12)
+    ]
+    assert await wait_until(lambda: len(runner.job_leaders()) >= 12)
+    assert threading.active_count() <= threads_before + runner._SPAWN_THREADS
     go.touch()
-    assert (await task).result == "pass"
+    assert {(await j).result for j in jobs} == {"pass"}
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ watches children with pidfds")
+async def test_child_watcher_for_other_subprocesses_on_311() -> None:
+    if not runner.install_child_watcher():
+        pytest.skip("no pidfd support here")
+    threads_before = threading.active_count()
+    proc = await asyncio.create_subprocess_exec("sh", "-c", "echo hi", stdout=subprocess.PIPE)
+    assert threading.active_count() == threads_before  # no watcher thread per child
+    out, _ = await proc.communicate()
+    assert (out, proc.returncode) == (b"hi\n", 0)
+    assert runner.install_child_watcher() is True  # idempotent
 
 
 async def test_no_timeout_when_zero(tmp_path: Path) -> None:
@@ -355,3 +369,17 @@ def test_loop_shutdown_with_an_unawaited_job_still_kills_it(tmp_path: Path) -> N
     assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
     gc = int((tmp_path / "gc.pid").read_text())
     assert not running(gc)
+
+
+async def test_without_pidfd_the_exit_is_awaited_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The portable fallback (no pidfd: not Linux, or kernel < 5.3) gives the same results."""
+    monkeypatch.setattr(runner, "_pidfd_ok", False)
+    ok = await run_job(spec(tmp_path, "sh", "-c", "echo fine; exit 0"))
+    assert (ok.result, ok.output_tail) == ("pass", "fine\n")
+    bad = await run_job(spec(tmp_path, "sh", "-c", "exit 7"))
+    assert (bad.result, bad.exit_code) == ("fail", 7)
+    slow = await run_job(spec(tmp_path, "sleep", "30", timeout_s=0.3, kill_grace_s=0.2))
+    assert (slow.result, slow.exit_code) == ("timeout", 124)
+    assert slow.pid is not None and not running(slow.pid)

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 # A git operation that leaves index.lock behind (a crash) must not hold changes forever.
 STALE_LOCK_S = 30.0
 LOCK_RECHECK_S = 0.25
+# The lock is gone on disk but the watcher has not reported its removal yet: the files git
+# wrote just before may still be on their way (inotify delivers them before the removal).
+# Wait for that report, or this long in case the watcher missed it.
+UNREPORTED_UNLOCK_S = 1.0
 
 
 @dataclass
@@ -37,6 +41,8 @@ class Batch:
 class _Held:
     paths: set[str] = field(default_factory=set)
     since: float = 0.0
+    gone_since: float | None = None  # when the lock was first found gone
+    reported: bool = False  # the watcher reported the lock's removal
 
 
 class Batcher:
@@ -133,15 +139,50 @@ class Batcher:
             if not bucket:
                 del self._pending[hyp]
 
+    def lock_released(self, hyp: str) -> None:
+        """The watcher reported the removal of ``hyp``'s index.lock.
+
+        inotify keeps order, so every file git wrote before it has been seen by now: the
+        held changes may leave as soon as the lock is gone, and none are left behind to
+        form a second batch a moment later.
+        """
+        held = self.held.get(hyp)
+        if held is not None:
+            held.reported = True
+
     def _release_held(self, now: float) -> list[Batch]:
         released: list[Batch] = []
         for hyp in list(self.held):
             held = self.held[hyp]
             stale = now - held.since >= STALE_LOCK_S
-            if stale or not self._is_locked(hyp):
+            if self._is_locked(hyp):
+                held.gone_since, held.reported = None, False  # a new git operation
+                done = False
+            else:
+                if held.gone_since is None:
+                    held.gone_since = now
+                done = held.reported or now - held.gone_since >= UNREPORTED_UNLOCK_S
+            if stale or done:
                 del self.held[hyp]
                 reason = "git_lock_stale" if stale else "git_op_finished"
-                released.append(
-                    Batch(self.next_batch_id(), {hyp: held.paths}, held.since, now, reason)
-                )
+                released.append(Batch(self.next_batch_id(), {hyp: held.paths | self._take(hyp)},
+                                      held.since, now, reason))
         return released
+
+    def _take(self, hyp: str) -> set[str]:
+        """Take ``hyp``'s pending changes out of the open batch.
+
+        The lock's removal is often seen before the open batch's debounce ends, with the
+        last files git wrote still pending: they belong to the same git operation and
+        leave with the held ones, not as a second batch (a second run) right after.
+        """
+        if hyp not in self._pending:
+            return set()
+        created = self._created.pop(hyp, set())
+        paths = self._pending.pop(hyp)
+        if self._exists is not None:
+            paths -= {p for p in created if not self._exists(hyp, p)}
+        if not self._pending:
+            self._created = {}
+            self._first = self._last = None
+        return paths

@@ -27,7 +27,13 @@ from .filters import GitCheckIgnoreError, GitIgnoreOracle, GitInternalsFilter, G
 from .jobspec import make_spec, prepare_run_files, prune_runs
 from .notify import Notifier
 from .planner import plan
-from .runner import JobOutcome, install_child_watcher, reap_orphan_zombies, run_job
+from .runner import (
+    JobOutcome,
+    install_child_watcher,
+    job_leaders,
+    reap_orphan_zombies,
+    run_job,
+)
 from .scheduler import JobRequest, Scheduler, SchedulerHooks
 from .settings import ConfigError, ScriptSettings, Settings, load_settings
 from .status import StatusBoard, iso, load_previous
@@ -37,6 +43,7 @@ from .worktrees import Worktree, WorktreeError, discover_async, git_common_dir, 
 
 MAX_LOGGED_PATHS = 50
 CHANGE_ADDED = 1  # watchfiles.Change.added
+CHANGE_DELETED = 3  # watchfiles.Change.deleted
 REDISCOVER_EVERY_S = 10.0
 REAP_EVERY_S = 2.0
 STATUS_RETRY_S = 1.0
@@ -84,6 +91,10 @@ class Daemon:
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rediscover_requested = asyncio.Event()
+        self._discovery_lock = asyncio.Lock()  # one discover-and-apply at a time
+        self._admitting = 0  # _admit tasks in flight
+        self._force_after_admit = False
+        self._closing = False
         self._status_retry: asyncio.TimerHandle | None = None
         self._last_status_line = ""
         self._lock_fd: int | None = None
@@ -186,21 +197,28 @@ class Daemon:
                       running=[f"{h}/{s}" for h, s in self.scheduler.running],
                       queued=[f"{h}/{s}" for h, s in self.scheduler.waiting],
                       pending_changes=sum(len(p) for p in self.batcher.held.values()))
+        self._closing = True
         self.notifier.stopping()
         self.board.set_daemon_state("stopping")
         self._write_status()
         if self._timer is not None:
             self._timer.cancel()
-        if self.watcher is not None:
-            await asyncio.to_thread(self.watcher.stop, 1.5)
+        # The watcher thread notices a stop only between watch calls (up to ~0.5 s): stop
+        # it alongside the jobs, not before them, or that wait eats into the
+        # kill_grace_s + 2 s shutdown budget.
+        watcher_stopped = (asyncio.ensure_future(asyncio.to_thread(self.watcher.stop, 1.5))
+                           if self.watcher is not None else None)
         grace = max((s.kill_grace_s for s in self.settings.scripts), default=5.0)
         stuck = await self.scheduler.shutdown(timeout=grace + 1.5)
+        if watcher_stopped is not None:
+            await watcher_stopped
         if stuck:
             self.log.error("jobs_not_stopped", jobs=[f"{h}/{s}" for h, s in stuck])
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         reap_orphan_zombies()
+        self._kill_leftovers("shutdown")
         self.board.set_daemon_state("stopped")
         self._write_status()
         self.notifier.close()
@@ -255,6 +273,10 @@ class Daemon:
             self._oracles[hyp] = GitIgnoreOracle(new[hyp].path)
             if not initial:
                 self._log_worktree("worktree_added", new[hyp])
+        for hyp in new.keys() - set(added):
+            if old[hyp].branch != new[hyp].branch:
+                self._log_worktree("worktree_branch_changed", new[hyp],
+                                   previous_branch=old[hyp].branch)
         self._roots = sorted(
             ((os.fsdecode(wt.path).rstrip("/") + "/", wt.id) for wt in new.values()),
             key=lambda item: len(item[0]), reverse=True,
@@ -295,19 +317,39 @@ class Daemon:
                       **extra)
 
     async def rediscover(self) -> None:
-        try:
-            found = await discover_async(self.settings.worktrees)
-        except WorktreeError as exc:
-            self.log.warning("worktree_discovery_failed", error=str(exc))
-            return
-        current = {(wt.id, wt.path) for wt in self.worktrees.values()}
-        if {(wt.id, wt.path) for wt in found} != current:
-            self._set_worktrees(found)
+        async with self._discovery_lock:
+            try:
+                found = await discover_async(self.settings.worktrees)
+            except WorktreeError as exc:
+                self.log.warning("worktree_discovery_failed", error=str(exc))
+                return
+            # The branch counts too: a `git checkout` in a worktree must reach the status
+            # file and the {branch} placeholder, not only additions and removals.
+            current = {(wt.id, wt.path, wt.branch) for wt in self.worktrees.values()}
+            if {(wt.id, wt.path, wt.branch) for wt in found} != current:
+                await self._apply_worktrees(found)
+
+    async def _apply_worktrees(self, found: list[Worktree]) -> None:
+        """``_set_worktrees``, but a new worktree is watched before it is announced.
+
+        Whoever sees ``worktree_added`` (or the status gaining it) and edits a file there
+        must get a run; announcing first would lose edits made while the watcher re-arms.
+        """
+        if self.watcher is not None:
+            known = {os.fsdecode(wt.path) for wt in self.worktrees.values()}
+            fresh = [os.fsdecode(wt.path) for wt in found if os.fsdecode(wt.path) not in known]
+            rearmed = bool(fresh) and self.watcher.set_paths(self._watch_paths() + fresh)
+            if rearmed and not await self.watcher.wait_armed(30):
+                self.log.warning("watcher_slow_to_arm", paths=fresh)
+        self._set_worktrees(found)
 
     async def _periodic_rediscover(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+            # arrives as the event gets set, and shutdown then waited for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rediscover_requested.wait(), REDISCOVER_EVERY_S)
+                async with asyncio.timeout(REDISCOVER_EVERY_S):
+                    await self._rediscover_requested.wait()
             self._rediscover_requested.clear()
             await self.rediscover()
 
@@ -315,6 +357,22 @@ class Daemon:
         while True:
             await asyncio.sleep(REAP_EVERY_S)
             reap_orphan_zombies()
+            self._kill_leftovers("idle")
+
+    def _kill_leftovers(self, when: str) -> None:
+        """Kill adopted children that no job accounts for, once no job runs.
+
+        An escapee that both cleared its environment (no PO_JOB_ID marker) and left its
+        job's session cannot be attributed to a job, so no job's sweep kills it; but as
+        subreaper we still hold it as a child. With nothing running (checked without an
+        await before the kill, so no leader can be mid-spawn) every such child is a
+        leftover. The daemon's own helpers (git) share its session and are spared.
+        """
+        if self.scheduler.running or not janitor.is_subreaper():
+            return
+        killed = janitor.kill_unattributed(job_leaders())
+        if killed:
+            self.log.warning("escapees_killed", pids=killed, when=when)
 
     # == changes ==========================================================================
     def _locate(self, path: str) -> tuple[str, str] | None:
@@ -344,6 +402,8 @@ class Daemon:
         for change, path in chunk.changes:
             if path in self._locks:
                 lock_event = True
+                if change == CHANGE_DELETED:
+                    self.batcher.lock_released(self._locks[path])
                 continue
             if any(path == a or path.startswith(a + "/") for a in self._admin_dirs):
                 rediscover = True
@@ -356,6 +416,10 @@ class Daemon:
                 continue
             hyp, rel = located
             if not rel or self._git_filter.ignored(rel) or self._glob_filter.ignored(rel):
+                continue
+            if change != CHANGE_DELETED and os.path.isdir(path) and not os.path.islink(path):
+                # A folder is not a change to test: the watcher already lists the files
+                # of a new folder, and "build" next to "build/gen.py" is only noise.
                 continue
             if rel == ".gitignore" or rel.endswith("/.gitignore"):
                 oracle = self._oracles.get(hyp)
@@ -370,6 +434,7 @@ class Daemon:
             self._arm_timer(force=True)
         for hyp, rels in per_hyp.items():
             if self.settings.worktrees.respect_gitignore and hyp in self._oracles:
+                self._admitting += 1
                 self._spawn(self._admit(hyp, rels, chunk.first, chunk.last,
                                         created.get(hyp, set())))
             else:
@@ -379,23 +444,38 @@ class Daemon:
 
     async def _admit(self, hyp: str, rels: set[str], first: float, last: float,
                      created: set[str]) -> None:
-        oracle = self._oracles.get(hyp)
-        if oracle is None:
-            return
+        """Ask git which paths it ignores, then hand the rest to the batcher.
+
+        While any admission is in flight the batch timer waits (``_on_timer``): closing a
+        batch, or releasing a git operation's held changes, before the chunks already
+        seen have been admitted would split one burst or one checkout into two batches.
+        """
         try:
-            ignored = await oracle.ignored(rels)
-        except (GitCheckIgnoreError, OSError) as exc:
-            self.log.warning("gitignore_check_failed", hypothesis=hyp, error=str(exc))
-            ignored = set()
-        keep = rels - ignored
-        if keep and hyp in self.worktrees:
-            self.batcher.add(hyp, keep, first, last, created & keep)
-            self._arm_timer()
+            oracle = self._oracles.get(hyp)
+            if oracle is None:
+                return
+            try:
+                ignored = await oracle.ignored(rels)
+            except (GitCheckIgnoreError, OSError) as exc:
+                self.log.warning("gitignore_check_failed", hypothesis=hyp, error=str(exc))
+                ignored = set()
+            keep = rels - ignored
+            if keep and hyp in self.worktrees:
+                self.batcher.add(hyp, keep, first, last, created & keep)
+        finally:
+            self._admitting -= 1
+            if not self._admitting:
+                force, self._force_after_admit = self._force_after_admit, False
+                self._arm_timer(force=force)
 
     def _on_watcher_restart(self, reason: str) -> None:
         self.log.warning("watcher_restarted", reason=reason)
 
     def _arm_timer(self, force: bool = False) -> None:
+        if self._closing:
+            return
+        if force and self._admitting:
+            self._force_after_admit = True  # _admit re-forces once the last one is in
         loop = asyncio.get_running_loop()
         deadline = self.batcher.next_deadline(loop.time())
         if force:
@@ -411,6 +491,8 @@ class Daemon:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
+        if self._admitting:
+            return  # the last admission to finish re-arms the timer
         now = asyncio.get_running_loop().time()
         for batch in self.batcher.close_due(now):
             self._dispatch_batch(batch)
@@ -609,12 +691,14 @@ class Daemon:
                 prepare_state_dir(d.state_dir)
             except DaemonError as exc:
                 self.log.warning("state_dir_unavailable", error=str(exc))
-        try:
-            found = await discover_async(new.worktrees)
-        except WorktreeError as exc:
-            self.log.warning("worktree_discovery_failed", error=str(exc))
-            found = list(self.worktrees.values())
-        self._set_worktrees(found)  # also reshapes the status board for the new scripts
+        async with self._discovery_lock:
+            try:
+                found = await discover_async(new.worktrees)
+            except WorktreeError as exc:
+                self.log.warning("worktree_discovery_failed", error=str(exc))
+                found = list(self.worktrees.values())
+            # also reshapes the status board for the new scripts
+            await self._apply_worktrees(found)
         self.board.set_daemon_state("idle")
         self._write_status()
         self.log.info("config_reloaded", config_path=_path_or_none(new.config_path),

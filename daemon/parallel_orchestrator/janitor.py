@@ -25,7 +25,7 @@ ended, so nothing of ours outlives the daemon. Without subreaper they are not fo
 
 Nothing here ever reaps a pid that is not ours to reap: ``waitpid`` is only called on a
 specific pid that ``/proc`` shows as our child and that is not in ``known`` (the job leaders
-asyncio waits for); never ``waitpid(-1)``.
+the runner waits for); never ``waitpid(-1)``.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def children_of_self() -> list[int]:
 
 
 def adopted_children(known: Collection[int]) -> list[int]:
-    """Our children that are not job leaders asyncio is waiting for: adopted orphans."""
+    """Our children that are not job leaders the runner waits for: adopted orphans."""
     return [pid for pid in children_of_self() if pid not in known]
 
 
@@ -245,7 +245,7 @@ def reap_adopted_zombies(known: Collection[int]) -> list[int]:
     Children in our own session are skipped: those are the daemon's own helpers (git, ...)
     whose owners wait for them; jobs always run in sessions of their own.
 
-    ``known`` must hold every job leader that asyncio waits for *and* no spawn may be in
+    ``known`` must hold every job leader the runner waits for *and* no spawn may be in
     flight (a just-spawned leader is not in ``known`` yet); ``runner.reap_orphan_zombies``
     checks both.
     """

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import JobSpec
+from .runner import JobSpec, make_private_dirs
 from .settings import ScriptSettings
 from .worktrees import Worktree
 
@@ -44,7 +44,9 @@ def prepare_run_files(
 ) -> RunFiles:
     """Create the run folder (0700) and the changed-file lists (0600); raises OSError."""
     run_dir = runs_dir / hyp / script
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Every level 0700, not just the last: ``mkdir(parents=True)`` gives the parents
+    # (``runs``, ``runs/<hyp>``) the umask's mode, and they name what is being tested.
+    make_private_dirs(run_dir)
     paths = sorted(changed)
     files = RunFiles(run_dir / f"{job_id}.log", run_dir / f"{job_id}.changed",
                      run_dir / f"{job_id}.changed0")

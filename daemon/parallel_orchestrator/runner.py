@@ -7,9 +7,15 @@ janitor sweeps descendants that escaped the group. The normal path stays cheap: 
 ``killpg(pgid, 0)`` shows the group is empty, and the escapee sweep is a listing of our
 own children (subreaper) or skipped (no subreaper and nothing suspicious).
 
-Processes are started with ``loop.subprocess_exec`` (the API under
-``asyncio.create_subprocess_exec``; no shell) and a protocol that hands each output
-chunk straight to a bounded sink: no reader task and no StreamReader buffer per job.
+How a job is started: ``subprocess.Popen(argv)`` — an exec, never a shell — called in a
+small shared thread pool, then watched by the event loop: the output pipe with
+``add_reader`` (chunks go straight to a bounded sink) and the exit with a pidfd. Why not
+``asyncio.create_subprocess_exec``: it forks in the event-loop thread, and a vfork parent
+waits until the child has exec'd, so spawns are serialised on the loop; on a busy 2-CPU
+machine that made 500 short jobs 2-4x slower than the original thread pool (see
+docs/benchmarks.md, "Executor"). With the fork in a worker thread the loop keeps running,
+and we are as fast as the thread pool without a thread per job. Without pidfds (not Linux,
+kernel < 5.3) the exit is awaited in that pool instead — correct, but one thread per job.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +103,7 @@ def _spawn_in_flight() -> Iterator[None]:
 
 
 def job_leaders() -> frozenset[int]:
-    """Pids of job leaders that asyncio is still waiting for."""
+    """Pids of job leaders not yet reaped (the runner alone reaps them)."""
     with _registry_lock:
         return frozenset(_leaders)
 
@@ -173,8 +180,9 @@ def install_child_watcher() -> bool:
     """On Python 3.11 with pidfd support, replace the thread-per-child watcher; idempotent.
 
     Python 3.12+ already watches children with pidfds: nothing to do there (False). A
-    watcher the application installed itself is left alone (False). Used by the runner
-    on every job (a cheap identity check after the first) and by the daemon at start.
+    watcher the application installed itself is left alone (False). ``run_job`` does not
+    need it (it watches its leaders itself); it is for the daemon's other subprocesses
+    (git) started with ``asyncio.create_subprocess_exec``.
     """
     global _watcher_policy
     if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
@@ -199,7 +207,8 @@ def install_child_watcher() -> bool:
 # Output: head streamed to the log, tail in a ring, never more than max_log_bytes held.
 
 
-def _make_private_dirs(directory: Path) -> None:
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and missing parents as 0700 (``mkdir -p`` would use 0777)."""
     missing = []
     while not directory.exists():
         missing.append(directory)
@@ -209,8 +218,10 @@ def _make_private_dirs(directory: Path) -> None:
             d.mkdir(mode=0o700)
 
 
+
+
 def _open_log(path: Path) -> int:
-    _make_private_dirs(path.parent)
+    make_private_dirs(path.parent)
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags, 0o600)
     try:
@@ -309,32 +320,154 @@ class _OutputSink:
             self._fd = None
 
 
-class _JobProtocol(asyncio.SubprocessProtocol):
-    def __init__(self, sink: _OutputSink) -> None:
+_READ_CHUNK = 256 * 1024
+_SPAWN_THREADS = 4  # fork+exec waits for the child's exec: a few threads keep the CPUs busy
+_spawn_pool: ThreadPoolExecutor | None = None
+_pidfd_ok: bool | None = None
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of our threads or children: start from a clean slate."""
+    global _registry_lock, _spawn_pool, _spawning
+    _registry_lock = threading.Lock()
+    _spawn_pool = None
+    _spawning = 0
+    _leaders.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _spawner() -> ThreadPoolExecutor:
+    global _spawn_pool
+    with _registry_lock:
+        if _spawn_pool is None:
+            _spawn_pool = ThreadPoolExecutor(_SPAWN_THREADS, thread_name_prefix="po-spawn")
+        return _spawn_pool
+
+
+def _have_pidfd() -> bool:
+    global _pidfd_ok
+    if _pidfd_ok is None:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            _pidfd_ok = True
+        except (AttributeError, OSError):
+            _pidfd_ok = False
+    return _pidfd_ok
+
+
+def _popen(spec: JobSpec, env: dict[str, str], write_fd: int) -> subprocess.Popen[bytes]:
+    """Start the leader (runs in a spawn thread); the parent's copy of the pipe is closed."""
+    try:
+        return subprocess.Popen(
+            spec.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            cwd=spec.cwd,
+            env=env,
+            start_new_session=True,  # own session and group: pgid == sid == pid
+            close_fds=True,
+        )
+    finally:
+        os.close(write_fd)
+
+
+class _Child:
+    """A running leader, watched by the loop: output into the sink, exit via pidfd.
+
+    ``wake`` is set by the exit or by the timeout; ``reaped`` once its status is collected
+    (only here, so the pid cannot be reused while we may still signal its group).
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        popen: subprocess.Popen[bytes],
+        read_fd: int,
+        sink: _OutputSink,
+    ) -> None:
+        self.loop = loop
+        self.popen = popen
+        self.pid = popen.pid
         self.sink = sink
-        self.exited = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.reaped = asyncio.Event()
         self.eof = asyncio.Event()
-        self.pid: int | None = None
+        self.exited = False
+        self._read_fd: int | None = read_fd
+        self._pidfd: int | None = None
+        self._waiter: asyncio.Future[int] | None = None
+        os.set_blocking(read_fd, False)
+        loop.add_reader(read_fd, self._readable)
+        if _have_pidfd():
+            self._pidfd = os.pidfd_open(self.pid)  # works on a zombie too: never ESRCH here
+            loop.add_reader(self._pidfd, self._ended)
+        else:
+            self._waiter = loop.run_in_executor(None, popen.wait)
+            self._waiter.add_done_callback(lambda _: self._ended())
 
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self.sink.write(data)
+    def _readable(self) -> None:
+        fd = self._read_fd
+        if fd is None:
+            return
+        try:
+            data = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.sink.error = self.sink.error or f"output read failed: {exc.strerror}"
+            data = b""
+        if data:
+            self.sink.write(data)
+        else:
+            self._close_pipe()
 
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+    def _close_pipe(self) -> None:
+        if self._read_fd is not None:
+            self.loop.remove_reader(self._read_fd)
+            os.close(self._read_fd)
+            self._read_fd = None
         self.eof.set()
 
-    def process_exited(self) -> None:
-        self.exited.set()
-        if self.pid is not None:
-            with _registry_lock:
-                _leaders.discard(self.pid)
+    def _ended(self) -> None:
+        if self._pidfd is not None:
+            self.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        self.popen.wait()  # the pidfd said it exited: this reaps without blocking
+        with _registry_lock:
+            _leaders.discard(self.pid)
+        self.exited = True
+        self.reaped.set()
+        self.wake.set()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def time_up(self) -> None:
+        self.wake.set()
+
+    def close(self) -> None:
+        """Stop watching the pipe (an unattributed holder may keep it open forever)."""
+        self._close_pipe()
 
 
 # ---------------------------------------------------------------------------------------
 
 
+_SCRUB_INITIALS = frozenset(p[0] for p in SCRUBBED_ENV_PREFIXES)
+
+
 def scrub_env(env: dict[str, str]) -> dict[str, str]:
-    """The job's environment without systemd's per-service variables."""
-    return {k: v for k, v in env.items() if not k.startswith(SCRUBBED_ENV_PREFIXES)}
+    """A copy of the job's environment without systemd's per-service variables."""
+    out = dict(env)
+    for key in [k for k in out if k[:1] in _SCRUB_INITIALS and k.startswith(SCRUBBED_ENV_PREFIXES)]:
+        del out[key]
+    return out
 
 
 def _spawn_error_message(spec: JobSpec, exc: OSError | ValueError) -> str:
@@ -342,7 +475,7 @@ def _spawn_error_message(spec: JobSpec, exc: OSError | ValueError) -> str:
         return f"cannot run '{spec.argv[0]}': {exc}"
     reason = exc.strerror or str(exc)
     if exc.filename is not None and str(exc.filename) == str(spec.cwd):
-        return f"cannot change to working directory '{spec.cwd}': {reason}"
+        return f"working directory '{spec.cwd}' is not usable: {reason}"
     prog = spec.argv[0]
     if exc.errno == errno.ENOENT and os.sep in prog and (spec.cwd / prog).exists():
         reason += " (its #! interpreter was not found)"
@@ -373,6 +506,8 @@ async def _wait_group_gone(pgid: int, limit_s: float, hurry: asyncio.Event | Non
 
 
 async def _event_within(event: asyncio.Event, seconds: float) -> bool:
+    if event.is_set():
+        return True  # no wait_for (it costs a task on 3.11)
     try:
         await asyncio.wait_for(event.wait(), seconds)
     except TimeoutError:
@@ -384,7 +519,7 @@ async def _end_job(
     spec: JobSpec,
     job_id: str,
     pid: int,
-    protocol: _JobProtocol,
+    child: _Child,
     kill: bool,
     hurry: asyncio.Event,
 ) -> dict[str, object]:
@@ -404,14 +539,11 @@ async def _end_job(
             if not await _wait_group_gone(pgid, _KILL_WAIT_S, None):
                 extra["group_unreaped"] = janitor.live_group_members(pgid)
         extra["group_signal"] = sig.name
-    if not protocol.exited.is_set():
-        try:
-            await asyncio.wait_for(protocol.exited.wait(), _KILL_WAIT_S)
-        except TimeoutError:
-            extra["leader_unreaped"] = pid  # unkillable (D state); asyncio reaps it later
+    if not await _event_within(child.reaped, _KILL_WAIT_S):
+        extra["leader_unreaped"] = pid  # unkillable (D state); reaped when it does exit
     if janitor.is_subreaper():
         report = await janitor.sweep_adopted(job_id, pgid, job_leaders)
-    elif crowded or not await _event_within(protocol.eof, _EOF_GRACE_S):
+    elif crowded or not await _event_within(child.eof, _EOF_GRACE_S):
         # Group empty but someone still holds the output pipe: an escapee. Find it.
         report = await janitor.sweep_marked(job_id, pgid)
     else:
@@ -448,7 +580,6 @@ async def run_job(
     spec: JobSpec, on_started: Callable[[int], None] | None = None
 ) -> JobOutcome:
     """Run ``spec``; on cancellation kill the group, reap, then re-raise CancelledError."""
-    install_child_watcher()
     started_at = time.time()
     t0 = time.monotonic()
     job_id = spec.job_id or f"anon-{uuid.uuid4().hex}"
@@ -466,8 +597,7 @@ async def run_job(
 
     if not spec.argv:
         return early_error("empty command")
-    if not spec.cwd.is_dir():
-        return early_error(f"working directory '{spec.cwd}' does not exist")
+    # A missing cwd is reported by the spawn itself (chdir fails in the child): no stat here.
     env = scrub_env(spec.env)
     env[janitor.MARKER_VAR] = job_id
     try:
@@ -491,22 +621,16 @@ async def _run_spawned(
     t0: float,
 ) -> JobOutcome:
     loop = asyncio.get_running_loop()
-    protocol = _JobProtocol(sink)
     cancelled = False
     with _spawn_in_flight():
-        spawn = asyncio.ensure_future(
-            loop.subprocess_exec(
-                lambda: protocol,
-                *spec.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=spec.cwd,
-                env=env,
-                start_new_session=True,
-            )
-        )
-        # A cancel during the spawn must not lose the child: let the spawn finish first.
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            spawn = loop.run_in_executor(_spawner(), _popen, spec, env, write_fd)
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        # A cancel while the thread forks must not lose the child: let the spawn finish.
         while not spawn.done():
             try:
                 await asyncio.shield(spawn)
@@ -515,8 +639,9 @@ async def _run_spawned(
             except (OSError, ValueError):
                 break  # reported below, from spawn.result()
         try:
-            transport, _ = spawn.result()
+            popen = spawn.result()
         except (OSError, ValueError) as exc:
+            os.close(read_fd)
             if cancelled:
                 raise asyncio.CancelledError() from exc
             return JobOutcome(
@@ -528,57 +653,70 @@ async def _run_spawned(
                 started_at=started_at,
                 finished_at=time.time(),
             )
-        pid = transport.get_pid()
-        protocol.pid = pid
+        except BaseException:
+            os.close(read_fd)
+            raise
+        pid = popen.pid
         with _registry_lock:
-            if transport.get_returncode() is None:
-                _leaders.add(pid)
+            _leaders.add(pid)  # reaped only by child._ended, so it is still unreaped here
+        try:
+            child = _Child(loop, popen, read_fd, sink)
+        except BaseException:  # e.g. EMFILE on pidfd_open: do not leave the job running
+            janitor.signal_group(pid, signal.SIGKILL)
+            popen.wait()
+            with _registry_lock:
+                _leaders.discard(pid)
+            loop.remove_reader(read_fd)
+            with suppress(OSError):
+                os.close(read_fd)
+            raise
 
     timed_out = False
     failure: BaseException | None = None
+    limit = _timeout_of(spec)
+    timer = None
+    if limit is not None:
+        timer = loop.call_later(limit, child.time_up)
     if not cancelled:
         try:
             if on_started is not None:
                 on_started(pid)
-            async with asyncio.timeout(_timeout_of(spec)):
-                await protocol.exited.wait()
-        except TimeoutError:
-            timed_out = True
+            await child.wake.wait()
+            timed_out = not child.exited
         except asyncio.CancelledError:
             cancelled = True
         except Exception as exc:  # on_started failed: still kill and reap, then re-raise
             failure = exc
+    if timer is not None:
+        timer.cancel()
 
-    hurry = asyncio.Event()
     kill = timed_out or cancelled or failure is not None
-    ending = asyncio.ensure_future(_end_job(spec, job_id, pid, protocol, kill, hurry))
-    while not ending.done():
-        try:
-            await asyncio.shield(ending)
-        except asyncio.CancelledError:
-            # Cancelled (again) while cleaning up: skip the grace, SIGKILL now, still reap.
-            cancelled = True
-            hurry.set()
-    if ending.cancelled():
-        # The cleanup task itself was cancelled: only a loop shutting down does that (e.g.
-        # asyncio.run cancelling every task of a caller that never awaited us). No more
-        # awaiting is possible; kill synchronously, as a last resort.
-        _last_resort_kill(pid, job_id)
-        transport.close()
-        raise asyncio.CancelledError()
-    extra = ending.result()
+    if (
+        not kill
+        and child.eof.is_set()
+        and not janitor.is_subreaper()
+        and not janitor.group_alive(pid)
+    ):
+        # The common case, decided without awaiting: group empty, pipe closed, and no
+        # subreaper sweep to do. Skips the cleanup task (a measurable cost per short job).
+        extra: dict[str, object] = {}
+    else:
+        extra, cancelled_again = await _end_job_uninterrupted(
+            spec, job_id, pid, child, kill
+        )
+        cancelled = cancelled or cancelled_again
     try:
-        if not await _event_within(protocol.eof, _DRAIN_TIMEOUT_S):
+        if not await _event_within(child.eof, _DRAIN_TIMEOUT_S):
             extra["output_pipe_held"] = True  # an unattributed process kept the pipe open
     except asyncio.CancelledError:
         cancelled = True
-    transport.close()
+    child.close()
     if failure is not None:
         raise failure
     if cancelled:
         raise asyncio.CancelledError()
 
-    result, exit_code, message = _result_of(transport.get_returncode(), timed_out, spec)
+    result, exit_code, message = _result_of(child.returncode, timed_out, spec)
     if timed_out and "group_signal" in extra:
         message += f"; process group sent {extra['group_signal']}"
     if sink.error:
@@ -597,3 +735,36 @@ async def _run_spawned(
         finished_at=time.time(),
         extra=extra,
     )
+
+
+async def _end_job_uninterrupted(
+    spec: JobSpec,
+    job_id: str,
+    pid: int,
+    child: _Child,
+    kill: bool,
+) -> tuple[dict[str, object], bool]:
+    """Run ``_end_job`` to completion even if we are cancelled (again) meanwhile.
+
+    A cancel during cleanup skips the remaining grace (SIGKILL at once) but still waits
+    for the kill, the reaping and the sweep. Returns the cleanup's report and whether a
+    cancel arrived meanwhile (the caller re-raises it once everything is done).
+    """
+    hurry = asyncio.Event()
+    cancelled = False
+    ending = asyncio.ensure_future(_end_job(spec, job_id, pid, child, kill, hurry))
+    while not ending.done():
+        try:
+            await asyncio.shield(ending)
+        except asyncio.CancelledError:
+            # Cancelled (again) while cleaning up: skip the grace, SIGKILL now, still reap.
+            cancelled = True
+            hurry.set()
+    if ending.cancelled():
+        # The cleanup task itself was cancelled: only a loop shutting down does that (e.g.
+        # asyncio.run cancelling every task of a caller that never awaited us). No more
+        # awaiting is possible; kill synchronously, as a last resort.
+        _last_resort_kill(pid, job_id)
+        child.close()
+        raise asyncio.CancelledError()
+    return ending.result(), cancelled

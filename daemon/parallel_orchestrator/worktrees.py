@@ -128,7 +128,9 @@ async def _run_git_async(repo: Path) -> bytes:
     except FileNotFoundError as exc:
         raise WorktreeError("git: not found on PATH; it is needed to list worktrees") from exc
     try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), GIT_TIMEOUT_S)
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
+        async with asyncio.timeout(GIT_TIMEOUT_S):
+            stdout, stderr = await proc.communicate()
     except TimeoutError as exc:
         raise _git_timeout(repo) from exc
     finally:
