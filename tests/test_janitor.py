@@ -14,13 +14,13 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from parallel_orchestrator import janitor
 from parallel_orchestrator.runner import JobSpec, run_job
+from process_checks import running, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
@@ -48,22 +48,6 @@ ESCAPE = textwrap.dedent(
             signal.pause()
     """
 )
-
-
-def running(pid: int, start_time: int | None = None) -> bool:
-    st = janitor.read_stat(pid)
-    if st is None or st.state in ("Z", "X"):
-        return False
-    return start_time is None or st.start_time == start_time
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_parse_stat_handles_spaces_and_parens_in_comm() -> None:

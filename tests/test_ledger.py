@@ -9,31 +9,16 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from parallel_orchestrator import janitor
 from parallel_orchestrator.ledger import JobRecord, Ledger, recover
+from process_checks import running, wait_until
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-
-
-def running(pid: int, start_time: int | None = None) -> bool:
-    st = janitor.read_stat(pid)
-    if st is None or st.state in ("Z", "X"):
-        return False
-    return start_time is None or st.start_time == start_time
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture

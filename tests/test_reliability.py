@@ -638,9 +638,13 @@ def test_state_dir_full_or_read_only_is_logged_and_survived(tmp_path: Path, daem
         if trouble == "full":
             filler.unlink()
         trouble_ctx.close()
-        # The daemon retries: the status file catches up without any new event ...
+        # The daemon retries: the status file catches up without any new edit ...
         wait_until(lambda: d.cell("repo", "ok")["job_id"] == second["job_id"],
                    what="the status file written again")
+        recovered = d.wait_event("status_write_recovered")[0]
+        assert recovered["previous_error"].split("]")[0] == failed["error"].split("]")[0]
+        # ... the failure was reported, not repeated on every retry ...
+        assert len(events_after(d, "status_write_failed", mark)) <= 2
         # ... and everything works as before, run logs included.
         touch_edit(repo / "src" / "app.py")
         third = d.wait_event("job_finished", count=3)[2]

@@ -77,10 +77,17 @@ def _load(config: str | None):  # -> Settings
     return locate_and_load(config)
 
 
-def _discover(settings, strict: bool = True):  # -> list[Worktree]
-    from .worktrees import discover
+def _load_and_discover(config: str | None):  # -> (Settings, list[Worktree]) | exit code
+    """Config and hypotheses, or the exit code after printing why not (one line each)."""
+    from .settings import ConfigError
+    from .worktrees import WorktreeError, discover
 
-    return discover(settings.worktrees, strict=strict)
+    try:
+        settings = _load(config)
+        return settings, discover(settings.worktrees, strict=True)
+    except (ConfigError, WorktreeError) as exc:
+        errors = getattr(exc, "errors", None) or [str(exc)]
+        return _fail("\n".join(errors))
 
 
 # -- commands -------------------------------------------------------------------------
@@ -107,15 +114,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .settings import ConfigError
-    from .worktrees import WorktreeError
-
-    try:
-        settings = _load(args.config)
-        worktrees = _discover(settings)
-    except (ConfigError, WorktreeError) as exc:
-        errors = getattr(exc, "errors", None) or [str(exc)]
-        return _fail("\n".join(errors))
+    loaded = _load_and_discover(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    settings, worktrees = loaded
     d = settings.daemon
     cfg = os.fsdecode(settings.config_path) if settings.config_path else "(embedded default)"
     print(f"config:      {cfg}")
@@ -139,15 +141,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from .oneshot import render_results, run_once
-    from .settings import ConfigError
-    from .worktrees import WorktreeError
 
-    try:
-        settings = _load(args.config)
-        worktrees = _discover(settings)
-    except (ConfigError, WorktreeError) as exc:
-        errors = getattr(exc, "errors", None) or [str(exc)]
-        return _fail("\n".join(errors))
+    loaded = _load_and_discover(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    settings, worktrees = loaded
     known_h = {wt.id for wt in worktrees}
     known_s = {s.name for s in settings.scripts}
     for h in args.hypothesis:

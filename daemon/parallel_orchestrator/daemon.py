@@ -97,6 +97,9 @@ class Daemon:
         self._closing = False
         self._status_retry: asyncio.TimerHandle | None = None
         self._last_status_line = ""
+        self._status_error = ""  # the last status write error, "" while writes succeed
+        self._status_error_kind = ""
+        self._status_error_logged = 0.0
         self._lock_fd: int | None = None
         self.notifier = Notifier(self.env)
         d = settings.daemon
@@ -644,10 +647,23 @@ class Daemon:
         try:
             self.board.write(path)
         except OSError as exc:
-            self.log.warning("status_write_failed", path=os.fsdecode(path), error=str(exc))
+            # Retried every second while it fails; logged on the first failure, when the
+            # error changes, and once a minute, not once a second for a day of full disk.
+            # (The message names a fresh temp file each time: compare the errno.)
+            now = time.monotonic()
+            error, kind = str(exc), f"{type(exc).__name__}:{exc.errno}"
+            if kind != self._status_error_kind or now - self._status_error_logged >= 60:
+                self.log.warning("status_write_failed", path=os.fsdecode(path), error=error)
+                self._status_error_kind, self._status_error_logged = kind, now
+            self._status_error = error
             if self._status_retry is None:
                 loop = asyncio.get_running_loop()
                 self._status_retry = loop.call_later(STATUS_RETRY_S, self._retry_status)
+        else:
+            if self._status_error:
+                self.log.info("status_write_recovered", path=os.fsdecode(path),
+                              previous_error=self._status_error)
+                self._status_error = self._status_error_kind = ""
         line = summary_line(self.board.doc)
         if line != self._last_status_line:
             self._last_status_line = line

@@ -1,0 +1,115 @@
+"""The JSON log sink, structlog configuration, the status board and run-log pruning."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from parallel_orchestrator.eventlog import configure_logging, get_logger, reset_logging
+from parallel_orchestrator.jobspec import prune_runs
+from parallel_orchestrator.status import StatusBoard
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog():
+    yield
+    reset_logging()
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_log_lines_start_with_timestamp_level_event(tmp_path: Path) -> None:
+    log = tmp_path / "d.log"
+    configure_logging("info", log)
+    get_logger().info("job_finished", hypothesis="h", result="pass", path=Path("/x y"))
+    get_logger().debug("hidden")  # below the level
+    [line] = log.read_text().splitlines()
+    assert list(json.loads(line))[:3] == ["timestamp", "level", "event"]
+    event = json.loads(line)
+    assert event["event"] == "job_finished" and event["level"] == "info"
+    assert event["timestamp"].endswith("Z") and "T" in event["timestamp"]
+    assert event["path"] == "/x y"
+    assert os.stat(log).st_mode & 0o777 == 0o600
+
+
+def test_log_file_is_reopened_after_logrotate_moves_it(tmp_path: Path) -> None:
+    log = tmp_path / "d.log"
+    configure_logging("info", log)
+    get_logger().info("before")
+    os.rename(log, tmp_path / "d.log.1")  # what logrotate does (without copytruncate)
+    get_logger().info("after")
+    assert [e["event"] for e in read_lines(tmp_path / "d.log.1")] == ["before"]
+    assert [e["event"] for e in read_lines(log)] == ["after"]
+    log.unlink()  # deleted outright: recreated too
+    get_logger().info("again")
+    assert [e["event"] for e in read_lines(log)] == ["again"]
+
+
+def test_undecodable_names_stay_valid_json(tmp_path: Path) -> None:
+    log = tmp_path / "d.log"
+    configure_logging("info", log)
+    get_logger().info("batch_formed", hypotheses={"h": [os.fsdecode(b"bad\xff.py")]})
+    assert read_lines(log)[0]["hypotheses"]["h"][0].startswith("bad")
+
+
+def test_events_can_be_asserted_as_dicts() -> None:
+    configure_logging("info", None)
+    with capture_logs() as logs:
+        structlog.get_logger().info("config_invalid", errors=["x: bad"])
+    assert logs == [{"event": "config_invalid", "errors": ["x: bad"], "log_level": "info"}]
+
+
+def test_status_file_is_replaced_atomically(tmp_path: Path) -> None:
+    board = StatusBoard(pid=1, version="t", config_path=None)
+    board.set_hypotheses([(f"h{i}", f"/w/h{i}", "b") for i in range(50)], ["a", "b", "c"])
+    path = tmp_path / "status.json"
+    board.write(path)
+    stop = threading.Event()
+    bad: list[str] = []
+    reads = 0
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            text = path.read_text()
+            try:
+                json.loads(text)
+            except ValueError:
+                bad.append(text[:80])
+            reads += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(300):
+            board.update("h1", "a", state="running", output_tail="x" * (i * 37 % 2000))
+            board.write(path)
+    finally:
+        stop.set()
+        t.join()
+    assert reads > 0 and bad == []
+    doc = json.loads(path.read_text())
+    assert doc["summary"]["running"] == 1 and doc["summary"]["never_run"] == 149
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name != "status.json"]  # no temp left
+
+
+def test_prune_runs_keeps_the_newest(tmp_path: Path) -> None:
+    now = time.time()
+    for i in range(6):
+        for suffix in (".log", ".changed", ".changed0"):
+            p = tmp_path / f"j{i}{suffix}"
+            p.write_text("x")
+            os.utime(p, (now - 100 + i, now - 100 + i))
+    prune_runs(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "j4.changed", "j4.changed0", "j4.log", "j5.changed", "j5.changed0", "j5.log"]
