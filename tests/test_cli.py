@@ -131,3 +131,60 @@ def test_demo_runs_and_cleans_up() -> None:
     assert not Path(root.group(1)).exists()
     assert "processes left behind: 0" in done.stdout
     assert "daemon_stopped" in done.stdout
+
+
+def test_status_finds_the_user_units_state_dir(tmp_path: Path) -> None:
+    """Under the user template the daemon writes to $STATE_DIRECTORY, which a shell lacks."""
+    home = tmp_path / "home"
+    cfg_dir = home / ".config" / "parallel-orchestrator"
+    cfg_dir.mkdir(parents=True, mode=0o700)
+    repo, _ = make_repo(tmp_path, hypotheses=())
+    cfg = write_config(cfg_dir / "myproject.toml", repo, scripts(), state_dir="",
+                       log_file="")
+    # systemd 252 puts a user unit's StateDirectory=parallel-orchestrator/%i under ~/.config
+    state = cfg_dir / "myproject"
+    state.mkdir()
+    doc = {"schema_version": 1,
+           "daemon": {"pid": 1, "version": "0", "state": "idle", "started_at": None,
+                      "updated_at": None, "config_path": str(cfg)},
+           "hypotheses": {}, "summary": {}}
+    (state / "status.json").write_text(json.dumps(doc))
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": "", "XDG_STATE_HOME": ""}
+    done = po("status", "-c", str(cfg), "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["daemon"]["config_path"] == str(cfg)
+
+
+def test_piping_into_head_is_not_an_error(tmp_path: Path) -> None:
+    repo, _ = make_repo(tmp_path)
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, scripts())
+    done = subprocess.run(
+        f"{sys.executable} -m parallel_orchestrator check -c {cfg} | head -c 10",
+        shell=True, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_once_stopped_by_sigterm_kills_its_jobs(tmp_path: Path) -> None:
+    import signal
+
+    from harness import pid_alive, wait_until
+
+    repo, _ = make_repo(tmp_path, hypotheses=())
+    pidfile = tmp_path / "job.pid"
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [
+        {"name": "long", "command": ["sh", "-c", f'echo $$ > "{pidfile}"; exec sleep 300'],
+         "timeout_s": 300, "kill_grace_s": 1}])
+    proc = subprocess.Popen([*PO, "once", "-c", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 60,
+                   what="the job to start")
+        job = int(pidfile.read_text())
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM" in err and "Traceback" not in err
+    wait_until(lambda: not pid_alive(job), 10, what="the job to be gone")

@@ -557,6 +557,31 @@ def test_sighup_reload_good_and_bad(sc: Scenario) -> None:
     assert d.stop() == 0
 
 
+def test_reload_that_cannot_be_applied_keeps_the_old_config(sc: Scenario) -> None:
+    """A new log file that cannot be opened makes the reload invalid, not a crash; a script
+    dropped by a reload has its running job cancelled."""
+    d = sc.start([sc.script("py"), sc.script("slow", "block")])
+    edit(sc.trees["hyp-1"] / "src" / "app.py")
+    d.wait_event("job_started", lambda e: e["script"] == "slow")
+    blocker = sc.root / "blocker"
+    blocker.write_text("a file, so nothing can be created under it")
+    good = sc.cfg.read_text()
+    sc.cfg.write_text(good.replace('log_file = "daemon.log"',
+                                   f'log_file = "{blocker}/x.log"'))
+    d.signal(signal.SIGHUP)
+    (bad,) = d.wait_event("config_invalid")
+    assert any("log_file" in err for err in bad["errors"]), bad
+    assert d.proc.poll() is None
+    sc.config([sc.script("py")])  # drop "slow" while its job runs
+    d.signal(signal.SIGHUP)
+    d.wait_event("config_reloaded")
+    (cancelled,) = d.wait_event("job_finished", lambda e: e["script"] == "slow")
+    assert cancelled["result"] == "cancelled"
+    doc = d.wait_status(lambda s: s["daemon"]["state"] == "idle", what="idle")
+    assert all(set(h["scripts"]) == {"py"} for h in doc["hypotheses"].values())
+    assert d.stop() == 0
+
+
 # == 10. SIGTERM with running jobs ========================================================
 def test_sigterm_cancels_jobs_and_exits_within_grace(sc: Scenario) -> None:
     grace = 1

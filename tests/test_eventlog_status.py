@@ -41,6 +41,15 @@ def test_log_lines_start_with_timestamp_level_event(tmp_path: Path) -> None:
     assert os.stat(log).st_mode & 0o777 == 0o600
 
 
+def test_log_level_filters_only_non_contract_events(tmp_path: Path) -> None:
+    log = tmp_path / "d.log"
+    configure_logging("warning", log)
+    get_logger().info("job_finished", result="pass")  # a contract event: always written
+    get_logger().info("job_dropped")  # an extra event below the level: filtered
+    get_logger().warning("notify_failed")
+    assert [e["event"] for e in read_lines(log)] == ["job_finished", "notify_failed"]
+
+
 def test_log_file_is_reopened_after_logrotate_moves_it(tmp_path: Path) -> None:
     log = tmp_path / "d.log"
     configure_logging("info", log)

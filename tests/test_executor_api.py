@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from parallel_orchestrator.config import (
     TestExecutionResult,
     TestResult,
 )
+from parallel_orchestrator.runner import cut_marker
 from parallel_orchestrator.test_executor import TestExecutor
 
 
@@ -40,6 +42,7 @@ def worktree(tmp_path: Path) -> Path:
     add_script(wt, "ok", "echo passing; pwd")
     add_script(wt, "bad", "echo failing >&2; exit 3")
     add_script(wt, "slow", "sleep 30")
+    add_script(wt, "streams", "echo out; echo err >&2")
     return wt
 
 
@@ -76,7 +79,35 @@ async def test_pass_and_fail(worktree: Path) -> None:
     assert ok.metrics["confidence"] == 0.6
     bad = await ex.execute_single_async(hyp("bad"), str(worktree))
     assert (bad.result, bad.exit_code) == (TestResult.FAIL, 3)
-    assert "failing" in bad.stdout and bad.metrics["confidence"] == 0.6
+    assert (bad.stdout, bad.stderr) == ("", "failing\n")  # it wrote to stderr only
+    assert bad.metrics["confidence"] == 0.6
+
+
+async def test_stdout_and_stderr_are_separate_like_the_original(worktree: Path) -> None:
+    """The original returned subprocess.run(capture_output=True)'s two streams."""
+    res = await AsyncTestExecutor().execute_single_async(hyp("streams"), worktree)
+    assert (res.result, res.stdout, res.stderr) == (TestResult.PASS, "out\n", "err\n")
+    sync = TestExecutor().execute_single(hyp("streams"), worktree)
+    assert (sync.stdout, sync.stderr) == ("out\n", "err\n")
+    [par] = TestExecutor().execute_parallel([hyp("streams")], {"streams": worktree})
+    assert (par.stdout, par.stderr) == ("out\n", "err\n")
+
+
+def test_large_output_is_bounded_head_and_tail(worktree: Path) -> None:
+    add_script(worktree, "loud", "echo start; seq 1 450000 >&2; echo end")
+    full = subprocess.run(["seq", "1", "450000"], capture_output=True, check=True).stdout
+    assert len(full) > 3_000_000
+    cap = FalsificationConfig().max_output_bytes
+    assert cap == 1 << 20
+    res = TestExecutor().execute_single(hyp("loud"), worktree)
+    assert res.result is TestResult.PASS
+    assert res.stdout == "start\nend\n"
+    cut = len(full) - cap
+    assert res.stderr == (full[: cap // 2] + cut_marker(cut) + full[-cap // 2 :]).decode()
+    small = AsyncTestExecutor(FalsificationConfig(max_output_bytes=1000)).execute_single(
+        hyp("loud"), worktree
+    )
+    assert small.stderr == (full[:500] + cut_marker(len(full) - 1000) + full[-500:]).decode()
 
 
 async def test_timeout_is_124_and_kills(worktree: Path) -> None:
@@ -91,7 +122,16 @@ async def test_missing_script_is_error_not_found(worktree: Path) -> None:
     res = await AsyncTestExecutor().execute_single_async(hyp("nope"), worktree)
     assert res.result is TestResult.ERROR
     assert "not found" in res.error_message
+    assert (res.stdout, res.stderr, res.exit_code) == ("", "", -1)
     assert res.metrics["confidence"] == 0.2
+
+
+def test_unrunnable_script_is_error_with_the_reason(worktree: Path) -> None:
+    add_script(worktree, "noexec", "echo never").chmod(0o644)
+    res = TestExecutor().execute_single(hyp("noexec"), worktree)
+    assert res.result is TestResult.ERROR
+    assert "Permission denied" in res.error_message
+    assert (res.stdout, res.stderr, res.exit_code) == ("", "", -1)
 
 
 def test_confidence_table() -> None:

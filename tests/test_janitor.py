@@ -43,6 +43,20 @@ ESCAPE = textwrap.dedent(
             os.execvp(cmd[0], cmd)
         os._exit(0)
     os.wait()
+    if os.environ.get("WAIT_EXIT") == "1":
+        # Leave only once the escapee has exited (a zombie of the subreaper), so the job's
+        # own sweep finds a zombie, not a live process it would kill and reap itself.
+        import time
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                pid = int(open("escapee.pid").read())
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                        break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.005)
     if os.environ.get("STAY") == "1":
         while True:
             signal.pause()
@@ -147,7 +161,8 @@ HARNESS = textwrap.dedent(
     async def main():
         mode, work = sys.argv[1], Path(sys.argv[2])
         report = {"subreaper": janitor.become_subreaper()}
-        env = {"PATH": os.environ["PATH"], "CLEAR": "1" if mode == "unmarked" else "0"}
+        env = {"PATH": os.environ["PATH"], "CLEAR": "1" if mode == "unmarked" else "0",
+               "WAIT_EXIT": "1" if mode == "zombie" else "0"}
         cmd = ["true"] if mode == "zombie" else []
         spec = JobSpec(argv=(sys.executable, "escape.py", *cmd), cwd=work, env=env,
                        timeout_s=60, kill_grace_s=1, job_id="h-" + os.urandom(8).hex())

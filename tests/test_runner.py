@@ -261,33 +261,103 @@ async def test_env_is_scrubbed_and_marked(tmp_path: Path) -> None:
     assert not [x for x in lines if x.startswith(("NOTIFY_", "WATCHDOG_", "LISTEN_"))]
 
 
+async def test_default_merges_stderr_into_one_stream_and_log(tmp_path: Path) -> None:
+    """The daemon's shape (split_stderr off): one pipe, so the log keeps the line order."""
+    log = tmp_path / "run.log"
+    out = await run_job(
+        spec(tmp_path, "sh", "-c", "echo out; echo err >&2; echo out2", log_path=log,
+             capture_bytes=1024)
+    )
+    assert log.read_text() == "out\nerr\nout2\n"
+    assert out.output_tail == out.output == "out\nerr\nout2\n"
+    assert (out.stderr_tail, out.stderr_output) == ("", "")
+    assert out.extra["output_bytes"] == 13 and "stderr_bytes" not in out.extra
+    plain = await run_job(spec(tmp_path, "echo", "hi"))
+    assert (plain.output_tail, plain.output) == ("hi\n", "")  # no capture unless asked
+
+
+async def test_split_stderr_reports_the_streams_apart(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    out = await run_job(
+        spec(tmp_path, "sh", "-c", "echo out; echo err >&2; exit 3", split_stderr=True,
+             capture_bytes=1 << 20, log_path=log)
+    )
+    assert (out.result, out.exit_code) == ("fail", 3)
+    assert (out.output, out.stderr_output) == ("out\n", "err\n")
+    assert (out.output_tail, out.stderr_tail) == ("out\n", "err\n")
+    assert (out.extra["output_bytes"], out.extra["stderr_bytes"]) == (8, 4)
+    # The log still gets both; across two pipes their relative order is not guaranteed.
+    assert sorted(log.read_text().splitlines()) == ["err", "out"]
+
+
+async def test_split_stderr_without_pidfd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "_pidfd_ok", False)
+    out = await run_job(
+        spec(tmp_path, "sh", "-c", "echo out; echo err >&2", split_stderr=True, capture_bytes=64)
+    )
+    assert (out.result, out.output, out.stderr_output) == ("pass", "out\n", "err\n")
+
+
+async def test_large_capture_keeps_head_and_tail_with_marker(tmp_path: Path) -> None:
+    cap = 1 << 20
+    out = await run_job(
+        spec(tmp_path, "sh", "-c", "echo small; seq 1 500000 >&2", split_stderr=True,
+             capture_bytes=cap)
+    )
+    full = subprocess.run(["seq", "1", "500000"], capture_output=True, check=True).stdout
+    assert len(full) > 3 * cap
+    cut = len(full) - cap
+    expected = full[: cap // 2] + cut_marker(cut) + full[-cap // 2 :]
+    assert out.stderr_output == expected.decode()
+    assert out.output == "small\n"
+    assert out.stderr_tail == full[-2048:].decode()
+    assert out.extra["stderr_bytes"] == len(full)
+    assert out.extra["stderr_bytes_cut"] == cut
+    assert "output_bytes_cut" not in out.extra
+
+
+async def test_capture_cut_does_not_split_characters(tmp_path: Path) -> None:
+    # 1000 two-byte characters; a 1002-byte capture cuts both halves mid-character.
+    out = await run_job(
+        spec(tmp_path, sys.executable, "-c", "print('\u00e9' * 1000, end='')",
+             env={**ENV, "PYTHONIOENCODING": "utf-8"}, capture_bytes=1002)
+    )
+    assert out.output == "\u00e9" * 250 + cut_marker(998).decode() + "\u00e9" * 250
+
+
 FLOOD = """
 import asyncio, json, resource, sys
 from pathlib import Path
 from parallel_orchestrator.runner import JobSpec, run_job
 
 async def main() -> None:
-    n, log = int(sys.argv[1]), Path(sys.argv[2])
-    spec = JobSpec(argv=("head", "-c", str(n), "/dev/zero"), cwd=log.parent,
-                   env={"PATH": "/usr/bin:/bin"}, timeout_s=120, log_path=log,
-                   max_log_bytes=1 << 20)
+    n, log, split = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "split"
+    # split: the flood goes to stderr, captured (1 MiB) as the executor does.
+    spec = JobSpec(argv=("sh", "-c", f"head -c {n} /dev/zero" + (" >&2" if split else "")),
+                   cwd=log.parent, env={"PATH": "/usr/bin:/bin"}, timeout_s=120,
+                   log_path=log, max_log_bytes=1 << 20, split_stderr=split,
+                   capture_bytes=(1 << 20) if split else 0)
     out = await run_job(spec)
     print(json.dumps({"result": out.result, "size": log.stat().st_size,
                       "cut": out.extra.get("output_bytes_cut", 0),
-                      "tail": len(out.output_tail),
+                      "tail": len(out.stderr_tail if split else out.output_tail),
+                      "capture": len(out.stderr_output),
                       "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 
 asyncio.run(main())
 """
 
 
-def test_output_flood_keeps_log_and_memory_bounded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["merged", "split"])
+def test_output_flood_keeps_log_and_memory_bounded(tmp_path: Path, mode: str) -> None:
     harness = tmp_path / "flood.py"
     harness.write_text(FLOOD)
 
     def run(n: int) -> dict[str, int | str]:
         proc = subprocess.run(
-            [sys.executable, str(harness), str(n), str(tmp_path / f"{n}.log")],
+            [sys.executable, str(harness), str(n), str(tmp_path / f"{n}.log"), mode],
             capture_output=True, text=True, timeout=120, check=True,
         )
         return json.loads(proc.stdout)
@@ -298,6 +368,8 @@ def test_output_flood_keeps_log_and_memory_bounded(tmp_path: Path) -> None:
     assert flood["size"] <= (1 << 20) + len(cut_marker(50_000_000))
     assert flood["cut"] == 50_000_000 - (1 << 20)
     assert flood["tail"] == 2048
+    if mode == "split":
+        assert flood["capture"] == (1 << 20) + len(cut_marker(50_000_000 - (1 << 20)))
     growth_mb = (int(flood["maxrss_kb"]) - int(baseline["maxrss_kb"])) / 1024
     assert growth_mb < 16, f"RSS grew {growth_mb:.1f} MB for 50 MB of output"
 

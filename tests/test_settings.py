@@ -442,9 +442,19 @@ def test_duplicate_script_names(tmp_path: Path) -> None:
     assert 'scripts[1].name: duplicate script name "t" (also scripts[0])' in message
 
 
-@pytest.mark.parametrize("text", ["", "[daemon]\n", "scripts = []\n"])
-def test_at_least_one_script_is_required(tmp_path: Path, text: str) -> None:
-    assert "scripts: at least one [[scripts]] table is required" in only_error(tmp_path, text)
+def test_an_empty_scripts_list_is_an_error(tmp_path: Path) -> None:
+    message = only_error(tmp_path, "scripts = []\n")
+    assert "scripts: at least one [[scripts]] table is required" in message
+
+
+@pytest.mark.parametrize("text", ["", "[daemon]\n", "[worktrees]\nrepo = '.'\n"])
+def test_no_scripts_table_means_the_default_tests_script(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "po.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    [script] = load_settings(path).scripts
+    assert (script.name, script.command, script.watch) == (
+        "tests", ("python", "-m", "pytest", "-q"), ("**/*.py",))
 
 
 def test_scripts_must_be_an_array_of_tables(tmp_path: Path) -> None:

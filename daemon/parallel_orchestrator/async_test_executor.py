@@ -6,8 +6,13 @@ it: every script runs in its own process group through ``runner.run_job``, so a 
 kills the script's whole tree, nothing is left behind, output is bounded, and
 ``max_concurrent_tests`` is honoured.
 
-Logs in library use: none by default (the result's ``stdout`` holds the output tail);
-``FalsificationConfig.log_dir`` turns on one capped log file per hypothesis.
+Output, as the original's ``subprocess.run(capture_output=True)`` returned it: ``stdout``
+and ``stderr`` separately (stderr has its own pipe: ``JobSpec.split_stderr``), each whole
+up to ``max_output_bytes``; beyond that the first and last halves around a cut marker, so
+memory stays bounded where the original held everything.
+
+Logs in library use: none by default; ``FalsificationConfig.log_dir`` turns on one capped
+log file per hypothesis (both streams, interleaved).
 """
 
 from __future__ import annotations
@@ -107,7 +112,9 @@ class AsyncTestExecutor:
             job_id=f"exec-{_ID_PREFIX}-{os.getpid()}-{next(_job_numbers)}",
             log_path=log_path,
             max_log_bytes=cfg.max_log_bytes,
-            tail_bytes=cfg.max_output_bytes,
+            tail_bytes=0,  # the result carries the captures, not the daemon's short tail
+            split_stderr=True,
+            capture_bytes=cfg.max_output_bytes,
         )
 
     @staticmethod
@@ -125,7 +132,8 @@ class AsyncTestExecutor:
             hypothesis_id=hypothesis.id,
             result=result,
             duration=outcome.duration_s,
-            stdout=outcome.output_tail,
+            stdout=outcome.output,
+            stderr=outcome.stderr_output,
             exit_code=-1 if outcome.exit_code is None else outcome.exit_code,
             worktree_path=str(worktree),
             error_message=outcome.error_message,

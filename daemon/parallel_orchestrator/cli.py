@@ -11,14 +11,18 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from . import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_STATUS = 0, 1, 2, 3
 PROG = "parallel-orchestrator"
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--output", metavar="FILE")
     ini.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    demo = sub.add_parser("demo", help="a throwaway repository, the real daemon, 60 s")
+    demo = sub.add_parser("demo", help="the real daemon on a throwaway repository (~5 s)")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder")
     return p
 
@@ -92,25 +96,34 @@ def _load_and_discover(config: str | None):  # -> (Settings, list[Worktree]) | e
 
 # -- commands -------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, DaemonError
+    # Record termination signals from the very start; the daemon acts on them once its
+    # loop runs, so even a SIGTERM during start-up ends in a clean stop.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
+
+    from .daemon import Daemon, DaemonError, prepare_state_dir
     from .eventlog import configure_logging
     from .settings import ConfigError
 
     try:
         settings = _load(args.config)
+        d = settings.daemon
+        prepare_state_dir(d.state_dir)  # before the log file, which may live inside it
     except ConfigError as exc:
         return _fail("\n".join(exc.errors))
-    d = settings.daemon
+    except DaemonError as exc:
+        return _fail(str(exc))
     try:
         configure_logging(d.log_level, d.log_file)
     except OSError as exc:
         return _fail(f"log file {d.log_file}: cannot open: {exc.strerror or exc}")
+    if any(sig in (signal.SIGTERM, signal.SIGINT) for sig in early):
+        return EXIT_OK  # asked to stop before anything started
     try:
-        return asyncio.run(Daemon(settings).run())
+        return asyncio.run(Daemon(settings, early_signals=early).run())
     except DaemonError as exc:
         return _fail(str(exc))
-    except KeyboardInterrupt:
-        return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -132,7 +145,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  {wt.id:<24} {branch:<24} {os.fsdecode(wt.path)}")
     print(f"scripts ({len(settings.scripts)}):")
     for s in settings.scripts:
-        print(f"  {s.name:<24} {' '.join(s.command)}")
+        print(f"  {s.name:<24} {shlex.join(s.command)}")
         print(f"  {'':<24} watch {', '.join(s.watch)}; timeout {s.timeout_s:g}s")
     if not worktrees:
         print("warning: no hypothesis found (check worktrees.repo / paths / include)")
@@ -159,7 +172,10 @@ def cmd_once(args: argparse.Namespace) -> int:
     scripts = [s for s in settings.scripts if not args.script or s.name in args.script]
     if not selected_wt:
         return _fail("no hypothesis to run (check worktrees.repo / paths / include)")
-    results = asyncio.run(run_once(settings, selected_wt, scripts))
+    results, stopped_by = asyncio.run(_interruptible(run_once(settings, selected_wt, scripts)))
+    if stopped_by is not None:
+        name = signal.Signals(stopped_by).name
+        return _fail(f"stopped by {name}; its jobs were killed", 128 + stopped_by)
     if args.json:
         json.dump({"results": [r.to_dict() for r in results],
                    "passed": all(r.outcome.result == "pass" for r in results)},
@@ -170,6 +186,57 @@ def cmd_once(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.outcome.result == "pass" for r in results) else EXIT_FAILED
 
 
+async def _interruptible(work: Coroutine[Any, Any, T]) -> tuple[T | None, int | None]:
+    """Run ``work``; SIGINT/SIGTERM cancel it (its jobs are killed and reaped by the
+    runner) instead of killing us and orphaning them. Returns (result, signal or None)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    got: list[int] = []
+
+    def stop(sig: int) -> None:
+        got.append(sig)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await task, None
+    except asyncio.CancelledError:
+        if not got:
+            raise
+        return None, got[0]
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _status_candidates(settings, env) -> list[Path]:  # (Settings, Mapping) -> paths
+    """Where the daemon for this config writes its status file, most likely first.
+
+    With ``state_dir = ""`` the daemon under systemd uses ``$STATE_DIRECTORY``, which a
+    shell does not have: so also look where our units put it — the user template's
+    ``StateDirectory=parallel-orchestrator/%i`` (under ~/.config with systemd 252, under
+    ~/.local/state later) for ``<instance>.toml``, and the system unit's
+    /var/lib/parallel-orchestrator.
+    """
+    from .settings import APP_DIR_NAME, config_home, resolve_state_dir
+
+    d = settings.daemon
+    found = [d.status_file]
+    cfg = settings.config_path
+    implicit = (cfg is not None and d.status_file == d.state_dir / "status.json"
+                and d.state_dir == resolve_state_dir("", cfg.parent, env))
+    if implicit and "STATE_DIRECTORY" not in env:
+        instance = cfg.stem
+        found += [
+            config_home(env) / APP_DIR_NAME / instance / "status.json",
+            d.state_dir / instance / "status.json",
+        ]
+        if cfg.parent == Path("/etc") / APP_DIR_NAME:
+            found.append(Path("/var/lib") / APP_DIR_NAME / "status.json")
+    return found
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from . import statusview
     from .settings import ConfigError
@@ -178,9 +245,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         path = Path(args.status_file)
     else:
         try:
-            path = _load(args.config).daemon.status_file
+            settings = _load(args.config)
         except ConfigError as exc:
             return _fail("\n".join(exc.errors))
+        path = next((p for p in _status_candidates(settings, os.environ) if p.exists()),
+                    settings.daemon.status_file)
     color = statusview.should_color(sys.stdout, os.environ)
     ascii_only = not statusview.can_encode_marks(getattr(sys.stdout, "encoding", None))
     if args.watch:
@@ -238,5 +307,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # The reader went away (``status --json | head``): not our error. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 

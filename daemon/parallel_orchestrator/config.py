@@ -53,8 +53,8 @@ class TestExecutionResult:
     hypothesis_id: str
     result: TestResult
     duration: float
-    stdout: str = ""  # combined stdout+stderr (last max_output_bytes), as one stream
-    stderr: str = ""  # always "": stderr is merged into stdout to keep the order of lines
+    stdout: str = ""  # the script's stdout, whole up to max_output_bytes (else head+tail)
+    stderr: str = ""  # its stderr, likewise; "" for ERROR results (see error_message)
     exit_code: int = 0  # 124 on timeout, -1 when the script could not be run at all
     worktree_path: str = ""
     error_message: str = ""
@@ -95,4 +95,6 @@ class FalsificationConfig:
     # Library use writes no log files unless this is set: <log_dir>/<hypothesis id>.log
     log_dir: Path | None = None
     max_log_bytes: int = 8 * 1024 * 1024  # per log file: first half + last half kept
-    max_output_bytes: int = 1024 * 1024  # kept in TestExecutionResult.stdout (the tail)
+    # Per stream: TestExecutionResult.stdout and .stderr each hold up to this many bytes;
+    # a longer stream keeps its first and last halves around a "[... N bytes cut ...]" line.
+    max_output_bytes: int = 1024 * 1024

@@ -71,8 +71,12 @@ class Daemon:
         *,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
+        early_signals: list[int] | None = None,
     ) -> None:
         self.settings = settings
+        # Signals the CLI recorded before the event loop ran (filled in until run() installs
+        # the loop's handlers; a SIGTERM during start-up still means a clean stop).
+        self._early_signals = early_signals if early_signals is not None else []
         self.cwd = cwd or Path.cwd()
         self.env = dict(os.environ if env is None else env)
         self.log = get_logger()
@@ -165,9 +169,26 @@ class Daemon:
 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._signals.put_nowait, sig)
+        for sig in self._early_signals:  # arrived before the loop's handlers were in place
+            self._signals.put_nowait(sig)
+        code = 0
+        try:
+            await self._start_watching(loop)
+            if d.run_on_start and self._signals.empty():
+                self._run_everything(list(self.worktrees), reason="start")
+            reason = await self._main_loop()
+        except Exception as exc:
+            # A bug must not orphan the running jobs: log it, then shut down as usual.
+            self.log.exception("daemon_crashed", error=f"{type(exc).__name__}: {exc}")
+            reason, code = f"crash: {type(exc).__name__}", 1
+        await self._shutdown(reason)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        return code
 
+    async def _start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
         self.watcher = Watcher(loop, self._on_chunk, self._on_watcher_restart,
-                               step_for(d.debounce_ms, self.env))
+                               step_for(self.settings.daemon.debounce_ms, self.env))
         self.watcher.set_paths(self._watch_paths())
         self.watcher.start()
         if not await self.watcher.wait_armed(30):
@@ -178,14 +199,6 @@ class Daemon:
         self._spawn(self.notifier.run_watchdog())
         self._spawn(self._periodic_rediscover())
         self._spawn(self._periodic_reap())
-        if d.run_on_start:
-            self._run_everything(list(self.worktrees), reason="start")
-
-        reason = await self._main_loop()
-        await self._shutdown(reason)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        return 0
 
     async def _main_loop(self) -> str:
         while True:
@@ -460,6 +473,8 @@ class Daemon:
             try:
                 ignored = await oracle.ignored(rels)
             except (GitCheckIgnoreError, OSError) as exc:
+                if not oracle.worktree.is_dir():
+                    return  # the worktree is being removed: rediscovery reports that
                 self.log.warning("gitignore_check_failed", hypothesis=hyp, error=str(exc))
                 ignored = set()
             keep = rels - ignored
@@ -511,6 +526,8 @@ class Daemon:
                 self._rediscover_requested.set()
                 continue
             changes[hyp] = paths
+        if not changes:
+            return  # every hypothesis of the batch went away meanwhile
         planned = plan(changes, self.settings.scripts)
         jobs = [f"{h}/{s}" for h, names in planned.items() for s in names]
         self.log.info(
@@ -675,6 +692,7 @@ class Daemon:
 
     # == reload ===========================================================================
     async def reload(self) -> None:
+        """Apply the config file anew; a bad one changes nothing (``config_invalid``)."""
         self.notifier.reloading()
         self.board.set_daemon_state("reloading")
         self._write_status()
@@ -682,6 +700,7 @@ class Daemon:
             new = await asyncio.to_thread(
                 load_settings, self.settings.config_path, cwd=self.cwd, env=self.env
             )
+            self._preflight(new)
         except ConfigError as exc:
             errors = getattr(exc, "errors", None) or [str(exc)]
             self.log.error("config_invalid", errors=list(errors),
@@ -693,20 +712,16 @@ class Daemon:
         old = self.settings
         self.settings = new
         d = new.daemon
-        if (d.log_level, d.log_file) != (old.daemon.log_level, old.daemon.log_file):
-            configure_logging(d.log_level, d.log_file)
-            self.log = get_logger()
         self.batcher.debounce_s = d.debounce_ms / 1000
         self.batcher.max_wait_s = d.max_batch_wait_ms / 1000
         if self.watcher is not None:
             self.watcher.set_step(step_for(d.debounce_ms, self.env))
         self._glob_filter = GlobIgnoreFilter(new.worktrees.ignore)
         self.scheduler.set_limits(d.concurrency, d.on_busy)
-        if d.state_dir != old.daemon.state_dir:
-            try:
-                prepare_state_dir(d.state_dir)
-            except DaemonError as exc:
-                self.log.warning("state_dir_unavailable", error=str(exc))
+        kept = {s.name for s in new.scripts}
+        for script in old.scripts:
+            if script.name not in kept:
+                self.scheduler.cancel_script(script.name)  # ends ``cancelled``
         async with self._discovery_lock:
             try:
                 found = await discover_async(new.worktrees)
@@ -720,6 +735,27 @@ class Daemon:
         self.log.info("config_reloaded", config_path=_path_or_none(new.config_path),
                       hypotheses=len(self.worktrees), scripts=len(new.scripts))
         self.notifier.ready()
+
+    def _preflight(self, new: Settings) -> None:
+        """What could fail half-way through applying ``new``, tried first: a new state dir
+        or log file that cannot be written makes the whole config invalid, not half-used."""
+        old = self.settings.daemon
+        d = new.daemon
+        source = _path_or_none(new.config_path) or "(embedded default)"
+        if d.state_dir != old.state_dir:
+            try:
+                prepare_state_dir(d.state_dir)
+            except DaemonError as exc:
+                raise ConfigError(f"{source}: daemon.state_dir: {exc}") from exc
+        if (d.log_level, d.log_file) != (old.log_level, old.log_file):
+            try:
+                configure_logging(d.log_level, d.log_file)  # the old sink stays on failure
+            except OSError as exc:
+                raise ConfigError(
+                    f"{source}: daemon.log_file: cannot open {d.log_file}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+            self.log = get_logger()
 
 
 class _Hooks(SchedulerHooks):

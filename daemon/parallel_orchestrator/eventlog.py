@@ -22,6 +22,14 @@ import structlog
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
+# The events the design makes a contract: consumers (dashboards, agents, our checks) rely
+# on seeing every one of them, so ``log_level`` filters only the others.
+CONTRACT_EVENTS = frozenset({
+    "daemon_started", "worktree_added", "worktree_removed", "batch_formed", "job_started",
+    "job_finished", "config_reloaded", "config_invalid", "daemon_stopping", "daemon_stopped",
+    "status_write_failed", "watcher_restarted",
+})
+
 
 class JsonLineSink:
     """Writes rendered lines to stdout or to a file that logrotate may move away.
@@ -42,7 +50,8 @@ class JsonLineSink:
 
     def _open(self) -> None:
         assert self._path is not None
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        # 0700 like the state dir the log file usually lives in: it names what is tested.
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         st = os.fstat(fd)
         if self._fd is not None:
@@ -92,6 +101,20 @@ class JsonLineSink:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+class _LevelFilter:
+    """Drop events below the configured level, except the contract events."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def __call__(self, _: Any, method: str, event_dict: MutableMapping[str, Any]
+                 ) -> MutableMapping[str, Any]:
+        level = LEVELS.get("warning" if method == "warn" else method, logging.ERROR)
+        if level < self.level and event_dict.get("event") not in CONTRACT_EVENTS:
+            raise structlog.DropEvent
+        return event_dict
+
+
 def _order_keys(_: Any, method: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     ordered: dict[str, Any] = {
         "timestamp": event_dict.pop("timestamp", None),
@@ -122,6 +145,7 @@ def configure_logging(level: str = "info", log_file: Path | None = None,
     sink = _sink
     structlog.configure(
         processors=[
+            _LevelFilter(LEVELS.get(level, logging.INFO)),
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
@@ -133,7 +157,7 @@ def configure_logging(level: str = "info", log_file: Path | None = None,
                 serializer=json.dumps, default=_json_default, ensure_ascii=True
             ),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=lambda *_args: sink,
         cache_logger_on_first_use=False,
     )

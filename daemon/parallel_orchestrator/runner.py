@@ -9,18 +9,25 @@ own children (subreaper) or skipped (no subreaper and nothing suspicious).
 
 How a job is started: ``subprocess.Popen(argv)`` — an exec, never a shell — called in a
 small shared thread pool, then watched by the event loop: the output pipe with
-``add_reader`` (chunks go straight to a bounded sink) and the exit with a pidfd. Why not
+``add_reader`` (chunks go straight to bounded buffers) and the exit with a pidfd. Why not
 ``asyncio.create_subprocess_exec``: it forks in the event-loop thread, and a vfork parent
 waits until the child has exec'd, so spawns are serialised on the loop; on a busy 2-CPU
 machine that made 500 short jobs 2-4x slower than the original thread pool (see
 docs/benchmarks.md, "Executor"). With the fork in a worker thread the loop keeps running,
 and we are as fast as the thread pool without a thread per job. Without pidfds (not Linux,
 kernel < 5.3) the exit is awaited in that pool instead — correct, but one thread per job.
+
+Output: by default stdout and stderr share one pipe, so the run log keeps the order of
+lines as a terminal would show them (what the daemon wants). ``split_stderr`` gives stderr
+its own pipe (what the executor API needs: the original tool returned the two streams
+separately); both pipes are watched by the loop the same way. Every buffer has a fixed
+cap: a job printing gigabytes costs at most the log's and the captures' caps in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import errno
 import math
 import os
@@ -66,6 +73,13 @@ class JobSpec:
     log_path: Path | None = None  # combined stdout+stderr, created 0600, capped (head + tail)
     max_log_bytes: int = 8 * 1024 * 1024
     tail_bytes: int = 2048
+    # stderr in its own pipe, reported apart (JobOutcome.stderr_*). The log still gets
+    # both, interleaved in the order the loop read them (exact order needs one pipe).
+    split_stderr: bool = False
+    # > 0: JobOutcome.output (and .stderr_output) hold each stream whole up to this many
+    # bytes; a longer stream keeps its first and last halves around a cut marker. This is
+    # held in memory per stream, so it is off for the daemon (its output goes to the log).
+    capture_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,12 +87,15 @@ class JobOutcome:
     result: Result
     exit_code: int | None  # 124 on timeout; None when it never ran or was cancelled
     duration_s: float
-    output_tail: str  # last ~tail_bytes of output, undecodable bytes replaced
+    output_tail: str  # last ~tail_bytes of stdout (+stderr unless split), bad bytes replaced
     error_message: str = ""
     pid: int | None = None
     started_at: float = 0.0  # time.time()
     finished_at: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+    stderr_tail: str = ""  # split_stderr: last ~tail_bytes of stderr
+    output: str = ""  # capture_bytes > 0: stdout (+stderr unless split), see JobSpec
+    stderr_output: str = ""  # capture_bytes > 0 and split_stderr: stderr, likewise
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,49 +253,74 @@ def cut_marker(n: int) -> bytes:
     return f"\n[... {n} bytes cut by parallel-orchestrator ...]\n".encode()
 
 
-class _OutputSink:
-    """Combined output: the first half of the cap goes to the log as it arrives, the last
+class _Ring:
+    """The last ``cap`` bytes of a stream, kept as the chunks read: appending copies
+    nothing (the same bytes objects may sit in several rings), only trimming slices."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = max(0, cap)
+        self._chunks: deque[bytes] = deque()
+        self.size = 0
+        self.dropped = 0
+
+    def append(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.size += len(data)
+        excess = self.size - self.cap
+        while excess > 0:
+            first = self._chunks[0]
+            if len(first) <= excess:
+                self._chunks.popleft()
+                n = len(first)
+            else:
+                self._chunks[0] = first[excess:]
+                n = excess
+            self.size -= n
+            self.dropped += n
+            excess -= n
+
+    def chunks(self) -> list[bytes]:
+        return list(self._chunks)
+
+    def last(self, n: int) -> bytes:
+        """The last ``n`` bytes held (fewer if fewer are held)."""
+        if n <= 0:
+            return b""
+        return b"".join(self._chunks)[-n:]
+
+
+def _skip_partial_char(data: bytes) -> bytes:
+    """Drop UTF-8 continuation bytes at the start (a cut landed inside a character)."""
+    i = 0
+    while i < min(3, len(data)) and 0x80 <= data[i] <= 0xBF:
+        i += 1
+    return data[i:]
+
+
+class _Log:
+    """The run log: the first half of the cap goes to the file as it arrives, the last
     half waits in a ring and is written at the end, after a marker saying what was cut."""
 
-    def __init__(self, log_path: Path | None, max_log_bytes: int, tail_bytes: int) -> None:
-        self._fd = _open_log(log_path) if log_path is not None else None
-        self._tail_bytes = max(0, tail_bytes)
-        head = max(0, max_log_bytes) // 2 if self._fd is not None else 0
-        self._head_left = head
-        self._head_tail = b""  # last tail_bytes of the head, for output_tail of short output
-        ring = max(0, max_log_bytes) - head if self._fd is not None else 0
-        self._ring_cap = max(ring, self._tail_bytes)
-        self._ring: deque[bytes] = deque()
-        self._ring_len = 0
-        self.total = 0
-        self.cut = 0
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self._fd: int | None = _open_log(path)
+        cap = max(0, max_bytes)
+        self._head_left = cap // 2
+        self._ring = _Ring(cap - self._head_left)
         self.error = ""
 
+    @property
+    def cut(self) -> int:
+        return self._ring.dropped
+
     def write(self, data: bytes) -> None:
-        self.total += len(data)
         if self._head_left:
             head = data[: self._head_left]
             self._head_left -= len(head)
             self._write_file(head)
-            if self._tail_bytes:
-                self._head_tail = (self._head_tail + head)[-self._tail_bytes :]
             data = data[len(head) :]
             if not data:
                 return
         self._ring.append(data)
-        self._ring_len += len(data)
-        excess = self._ring_len - self._ring_cap
-        while excess > 0:
-            first = self._ring[0]
-            if len(first) <= excess:
-                self._ring.popleft()
-                n = len(first)
-            else:
-                self._ring[0] = first[excess:]
-                n = excess
-            self._ring_len -= n
-            self.cut += n
-            excess -= n
 
     def _write_file(self, data: bytes) -> None:
         if self._fd is None:
@@ -288,36 +330,112 @@ class _OutputSink:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
-            # Disk full or similar: stop logging, keep the tail, and say so in the outcome.
+            # Disk full or similar: stop logging, keep the captures, say so in the outcome.
             self.error = f"log write failed: {exc.strerror}"
             os.close(self._fd)
             self._fd = None
-
-    def tail(self) -> str:
-        n = self._tail_bytes
-        if not n:
-            return ""
-        data = b"".join(self._ring)
-        if len(data) < n:
-            data = self._head_tail + data
-        data = data[-n:]
-        if self.total > len(data):  # cut inside the stream: skip a partial UTF-8 character
-            i = 0
-            while i < min(3, len(data)) and 0x80 <= data[i] <= 0xBF:
-                i += 1
-            data = data[i:]
-        return data.decode("utf-8", errors="replace")
 
     def close(self) -> None:
         if self._fd is None:
             return
         if self.cut:
             self._write_file(cut_marker(self.cut))
-        for chunk in self._ring:
+        for chunk in self._ring.chunks():
             self._write_file(chunk)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _Capture:
+    """What the outcome reports of one stream: its last ``tail_bytes``, and with
+    ``capture_bytes`` the stream itself — whole if it fits, else the first and last halves
+    around a cut marker. Holds at most ``max(capture_bytes, tail_bytes)`` bytes."""
+
+    def __init__(self, tail_bytes: int, capture_bytes: int) -> None:
+        cap = max(0, capture_bytes)
+        self._capturing = cap > 0
+        self._tail_bytes = max(0, tail_bytes)
+        self._head_cap = cap // 2
+        self._tail_cap = cap - self._head_cap
+        self._head = bytearray()
+        # Every byte also enters the ring, so the tail of a short stream is there too.
+        self._ring = _Ring(max(self._tail_cap, self._tail_bytes))
+        self.total = 0
+
+    def write(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self._head_cap - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+        self._ring.append(data)
+
+    def _after_head(self) -> tuple[int, int]:
+        """(bytes of the capture after its head, bytes cut between head and those)."""
+        after = self.total - len(self._head)
+        kept = min(after, self._tail_cap)
+        return kept, after - kept
+
+    @property
+    def cut(self) -> int:
+        """Bytes left out of the capture (or, with no capture, out of the tail)."""
+        if self._capturing:
+            return self._after_head()[1]
+        return self.total - min(self.total, self._tail_bytes)
+
+    def tail(self) -> str:
+        data = self._ring.last(self._tail_bytes)
+        if self.total > len(data):
+            data = _skip_partial_char(data)
+        return data.decode("utf-8", errors="replace")
+
+    def text(self) -> str:
+        if not self._capturing:
+            return ""
+        kept, cut = self._after_head()
+        rest = self._ring.last(kept)
+        if not cut:
+            return (bytes(self._head) + rest).decode("utf-8", errors="replace")
+        # Cut inside: no replacement characters for a character split by the cut.
+        head = codecs.getincrementaldecoder("utf-8")("replace").decode(self._head, final=False)
+        tail = _skip_partial_char(rest).decode("utf-8", errors="replace")
+        return head + cut_marker(cut).decode() + tail
+
+
+class _Output:
+    """A job's output: each chunk goes to the log (if any) and to its stream's capture."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.log = _Log(spec.log_path, spec.max_log_bytes) if spec.log_path is not None else None
+        self.stdout = _Capture(spec.tail_bytes, spec.capture_bytes)
+        self.stderr = _Capture(spec.tail_bytes, spec.capture_bytes) if spec.split_stderr else None
+        self.read_error = ""
+
+    def write(self, capture: _Capture, data: bytes) -> None:
+        if self.log is not None:
+            self.log.write(data)
+        capture.write(data)
+
+    @property
+    def error(self) -> str:
+        return (self.log.error if self.log is not None else "") or self.read_error
+
+    def report(self, extra: dict[str, object]) -> None:
+        """Sizes and cuts into ``extra``; ``output_bytes_cut`` is the log's cut if there
+        is a log (that is where the output lives), else what the captures left out."""
+        stderr_total = self.stderr.total if self.stderr is not None else 0
+        extra["output_bytes"] = self.stdout.total + stderr_total
+        cut = self.log.cut if self.log is not None else self.stdout.cut
+        if cut:
+            extra["output_bytes_cut"] = cut
+        if self.stderr is not None:
+            extra["stderr_bytes"] = stderr_total
+            if self.log is None and self.stderr.cut:
+                extra["stderr_bytes_cut"] = self.stderr.cut
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
 
 _READ_CHUNK = 256 * 1024
@@ -358,25 +476,31 @@ def _have_pidfd() -> bool:
     return _pidfd_ok
 
 
-def _popen(spec: JobSpec, env: dict[str, str], write_fd: int) -> subprocess.Popen[bytes]:
-    """Start the leader (runs in a spawn thread); the parent's copy of the pipe is closed."""
+def _popen(
+    spec: JobSpec, env: dict[str, str], write_fds: list[int]
+) -> subprocess.Popen[bytes]:
+    """Start the leader (runs in a spawn thread); the parent's copies of the pipes are closed.
+
+    ``write_fds``: one pipe for stdout and stderr, or two (stdout, stderr) when split.
+    """
     try:
         return subprocess.Popen(
             spec.argv,
             stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
+            stdout=write_fds[0],
+            stderr=write_fds[-1],
             cwd=spec.cwd,
             env=env,
             start_new_session=True,  # own session and group: pgid == sid == pid
             close_fds=True,
         )
     finally:
-        os.close(write_fd)
+        for fd in write_fds:
+            os.close(fd)
 
 
 class _Child:
-    """A running leader, watched by the loop: output into the sink, exit via pidfd.
+    """A running leader, watched by the loop: output pipes into ``output``, exit via pidfd.
 
     ``wake`` is set by the exit or by the timeout; ``reaped`` once its status is collected
     (only here, so the pid cannot be reused while we may still signal its group).
@@ -386,22 +510,25 @@ class _Child:
         self,
         loop: asyncio.AbstractEventLoop,
         popen: subprocess.Popen[bytes],
-        read_fd: int,
-        sink: _OutputSink,
+        read_fds: list[int],
+        output: _Output,
     ) -> None:
         self.loop = loop
         self.popen = popen
         self.pid = popen.pid
-        self.sink = sink
+        self.output = output
         self.wake = asyncio.Event()
         self.reaped = asyncio.Event()
-        self.eof = asyncio.Event()
+        self.eof = asyncio.Event()  # every output pipe closed
         self.exited = False
-        self._read_fd: int | None = read_fd
+        captures = [output.stdout] if output.stderr is None else [output.stdout, output.stderr]
+        self._open: dict[int, _Capture] = {}
         self._pidfd: int | None = None
         self._waiter: asyncio.Future[int] | None = None
-        os.set_blocking(read_fd, False)
-        loop.add_reader(read_fd, self._readable)
+        for fd, capture in zip(read_fds, captures, strict=True):
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._readable, fd)
+            self._open[fd] = capture
         if _have_pidfd():
             self._pidfd = os.pidfd_open(self.pid)  # works on a zombie too: never ESRCH here
             loop.add_reader(self._pidfd, self._ended)
@@ -409,28 +536,29 @@ class _Child:
             self._waiter = loop.run_in_executor(None, popen.wait)
             self._waiter.add_done_callback(lambda _: self._ended())
 
-    def _readable(self) -> None:
-        fd = self._read_fd
-        if fd is None:
+    def _readable(self, fd: int) -> None:
+        capture = self._open.get(fd)
+        if capture is None:
             return
         try:
             data = os.read(fd, _READ_CHUNK)
         except BlockingIOError:
             return
         except OSError as exc:
-            self.sink.error = self.sink.error or f"output read failed: {exc.strerror}"
+            out = self.output
+            out.read_error = out.read_error or f"output read failed: {exc.strerror}"
             data = b""
         if data:
-            self.sink.write(data)
+            self.output.write(capture, data)
         else:
-            self._close_pipe()
+            self._close_pipe(fd)
 
-    def _close_pipe(self) -> None:
-        if self._read_fd is not None:
-            self.loop.remove_reader(self._read_fd)
-            os.close(self._read_fd)
-            self._read_fd = None
-        self.eof.set()
+    def _close_pipe(self, fd: int) -> None:
+        if self._open.pop(fd, None) is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        if not self._open:
+            self.eof.set()
 
     def _ended(self) -> None:
         if self._pidfd is not None:
@@ -452,8 +580,9 @@ class _Child:
         self.wake.set()
 
     def close(self) -> None:
-        """Stop watching the pipe (an unattributed holder may keep it open forever)."""
-        self._close_pipe()
+        """Stop watching the pipes (an unattributed holder may keep one open forever)."""
+        for fd in list(self._open):
+            self._close_pipe(fd)
 
 
 # ---------------------------------------------------------------------------------------
@@ -601,21 +730,27 @@ async def run_job(
     env = scrub_env(spec.env)
     env[janitor.MARKER_VAR] = job_id
     try:
-        sink = _OutputSink(spec.log_path, spec.max_log_bytes, spec.tail_bytes)
+        output = _Output(spec)
     except OSError as exc:
         return early_error(f"cannot open log file '{spec.log_path}': {exc.strerror}")
 
     try:
-        return await _run_spawned(spec, job_id, env, sink, on_started, started_at, t0)
+        return await _run_spawned(spec, job_id, env, output, on_started, started_at, t0)
     finally:
-        sink.close()
+        output.close()
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with suppress(OSError):
+            os.close(fd)
 
 
 async def _run_spawned(
     spec: JobSpec,
     job_id: str,
     env: dict[str, str],
-    sink: _OutputSink,
+    output: _Output,
     on_started: Callable[[int], None] | None,
     started_at: float,
     t0: float,
@@ -623,12 +758,16 @@ async def _run_spawned(
     loop = asyncio.get_running_loop()
     cancelled = False
     with _spawn_in_flight():
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        read_fds: list[int] = []
+        write_fds: list[int] = []
         try:
-            spawn = loop.run_in_executor(_spawner(), _popen, spec, env, write_fd)
+            for _ in range(2 if spec.split_stderr else 1):
+                read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+                read_fds.append(read_fd)
+                write_fds.append(write_fd)
+            spawn = loop.run_in_executor(_spawner(), _popen, spec, env, write_fds)
         except BaseException:
-            os.close(read_fd)
-            os.close(write_fd)
+            _close_fds(read_fds + write_fds)
             raise
         # A cancel while the thread forks must not lose the child: let the spawn finish.
         while not spawn.done():
@@ -641,7 +780,7 @@ async def _run_spawned(
         try:
             popen = spawn.result()
         except (OSError, ValueError) as exc:
-            os.close(read_fd)
+            _close_fds(read_fds)
             if cancelled:
                 raise asyncio.CancelledError() from exc
             return JobOutcome(
@@ -654,21 +793,21 @@ async def _run_spawned(
                 finished_at=time.time(),
             )
         except BaseException:
-            os.close(read_fd)
+            _close_fds(read_fds)
             raise
         pid = popen.pid
         with _registry_lock:
             _leaders.add(pid)  # reaped only by child._ended, so it is still unreaped here
         try:
-            child = _Child(loop, popen, read_fd, sink)
+            child = _Child(loop, popen, read_fds, output)
         except BaseException:  # e.g. EMFILE on pidfd_open: do not leave the job running
             janitor.signal_group(pid, signal.SIGKILL)
             popen.wait()
             with _registry_lock:
                 _leaders.discard(pid)
-            loop.remove_reader(read_fd)
-            with suppress(OSError):
-                os.close(read_fd)
+            for fd in read_fds:
+                loop.remove_reader(fd)
+            _close_fds(read_fds)
             raise
 
     timed_out = False
@@ -719,21 +858,22 @@ async def _run_spawned(
     result, exit_code, message = _result_of(child.returncode, timed_out, spec)
     if timed_out and "group_signal" in extra:
         message += f"; process group sent {extra['group_signal']}"
-    if sink.error:
-        extra["log_error"] = sink.error
-    extra["output_bytes"] = sink.total
-    if sink.cut:
-        extra["output_bytes_cut"] = sink.cut
+    if output.error:
+        extra["log_error"] = output.error
+    output.report(extra)
     return JobOutcome(
         result=result,
         exit_code=exit_code,
         duration_s=time.monotonic() - t0,
-        output_tail=sink.tail(),
+        output_tail=output.stdout.tail(),
         error_message=message,
         pid=pid,
         started_at=started_at,
         finished_at=time.time(),
         extra=extra,
+        stderr_tail=output.stderr.tail() if output.stderr is not None else "",
+        output=output.stdout.text(),
+        stderr_output=output.stderr.text() if output.stderr is not None else "",
     )
 
 

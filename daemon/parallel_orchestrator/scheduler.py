@@ -168,10 +168,17 @@ class Scheduler:
     # -- cancellation ------------------------------------------------------------------
     def cancel_hypothesis(self, hyp: str) -> None:
         """Its worktree went away: drop what waits, cancel what runs."""
+        self._cancel_where(lambda key: key[0] == hyp, "worktree_removed")
+
+    def cancel_script(self, script: str) -> None:
+        """The script left the config: drop what waits, cancel what runs."""
+        self._cancel_where(lambda key: key[1] == script, "script_removed")
+
+    def _cancel_where(self, matches: Callable[[Key], bool], reason: str) -> None:
         for key, slot in list(self._slots.items()):
-            if key[0] != hyp:
+            if not matches(key):
                 continue
-            self._drop_pending(slot, "worktree_removed")
+            self._drop_pending(slot, reason)
             if slot.running is not None and not slot.cancelling:
                 slot.cancelling = True
                 slot.running.cancel()

@@ -484,8 +484,9 @@ def _worktrees(
 
 def _scripts(raw: Any, errs: _Errors) -> tuple[ScriptSettings, ...]:
     if raw is _MISSING:
-        errs.add("scripts", "at least one [[scripts]] table is required")
-        return ()
+        # Like every other key, a missing [[scripts]] means its default: the embedded
+        # default's one `tests` script. An explicit empty list is a mistake, below.
+        return (ScriptSettings(name="tests", command=DEFAULT_COMMAND, watch=DEFAULT_WATCH),)
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         errs.add("scripts", f"expected an array of tables ([[scripts]]), got {_show(raw)}")
         return ()
