@@ -17,7 +17,8 @@ Workloads: (a) 500 jobs of /bin/true — pure per-job overhead; (b) 50 jobs of `
 Each job runs ``<worktree>/.falsification/test_<id>.sh`` (a symlink to /bin/true for (a), a
 ``#!/bin/sh`` script for (b)), the same file for every variant. Reported: median wall and
 CPU (user+sys of the interpreter and its reaped children, measured around the work only),
-max peak RSS, and ratios of median walls.
+median "own" CPU (the interpreter alone: the variant's overhead without the processes'
+own cost, which is the same for all), max peak RSS, and ratios of median walls.
 """
 
 from __future__ import annotations
@@ -193,23 +194,25 @@ RUNNERS: dict[str, Callable[[Path, int, int], None]] = {
 }
 
 
-def cpu_seconds() -> float:
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU of this interpreter, CPU of it plus its reaped children), user+sys."""
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    own = me.ru_utime + me.ru_stime
+    return own, own + kids.ru_utime + kids.ru_stime
 
 
 def child_main(variant: str, wt: Path, n: int, conc: int) -> None:
     """One measurement in this (fresh) interpreter; prints one JSON line."""
     if variant in ("executor", "daemon", "asyncio_bare"):  # one-time cost: not measured
         import parallel_orchestrator.async_test_executor  # noqa: F401
-    cpu0 = cpu_seconds()
+    own0, cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     RUNNERS[variant](wt, n, conc)
     wall = time.perf_counter() - t0
-    cpu = cpu_seconds() - cpu0
+    own1, cpu1 = cpu_seconds()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"wall": wall, "cpu": cpu, "rss_mb": rss_mb}))
+    print(json.dumps({"wall": wall, "cpu": cpu1 - cpu0, "own": own1 - own0, "rss_mb": rss_mb}))
 
 
 def measure(variant: str, wt: Path, n: int, conc: int) -> dict[str, float]:
@@ -247,10 +250,11 @@ def main() -> int:
                 order = variants[r % len(variants) :] + variants[: r % len(variants)]
                 for v in order:  # rotate so no variant always runs first
                     samples[v].append(measure(v, wt, n, args.concurrency))
-            med = {v: {k: statistics.median(s[k] for s in samples[v]) for k in ("wall", "cpu")}
+            med = {v: {k: statistics.median(s[k] for s in samples[v])
+                       for k in ("wall", "cpu", "own")}
                    for v in variants}
             print(f"\n({workload}) {label}")
-            print(f"  {'variant':<15} {'wall s':>8} {'cpu s':>8} {'rss MB':>7}"
+            print(f"  {'variant':<15} {'wall s':>8} {'cpu s':>8} {'own cpu':>8} {'rss MB':>7}"
                   f" {'wall/pool':>10} {'wall/spawn':>11}")
             for v in variants:
                 rss = max(s["rss_mb"] for s in samples[v])
@@ -258,8 +262,8 @@ def main() -> int:
                 floor = med.get("posix_spawn", {}).get("wall")
                 vs_pool = f"{med[v]['wall'] / pool:.2f}x" if pool else "-"
                 vs_floor = f"{med[v]['wall'] / floor:.2f}x" if floor else "-"
-                print(f"  {v:<15} {med[v]['wall']:>8.3f} {med[v]['cpu']:>8.3f} {rss:>7.1f}"
-                      f" {vs_pool:>10} {vs_floor:>11}")
+                print(f"  {v:<15} {med[v]['wall']:>8.3f} {med[v]['cpu']:>8.3f}"
+                      f" {med[v]['own']:>8.3f} {rss:>7.1f} {vs_pool:>10} {vs_floor:>11}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

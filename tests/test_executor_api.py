@@ -255,3 +255,54 @@ def test_api_test_classes_are_not_collected_by_pytest() -> None:
     assert TestExecutor.__test__ is False  # type: ignore[attr-defined]
     assert TestResult.__test__ is False  # type: ignore[attr-defined]
     assert TestExecutionResult.__test__ is False  # type: ignore[attr-defined]
+
+
+def test_missing_script_with_a_log_dir_leaves_no_log(worktree: Path, tmp_path: Path) -> None:
+    """Without a log the spawn failing tells a missing script; with one, it is checked first."""
+    logs = tmp_path / "logs"
+    res = AsyncTestExecutor(FalsificationConfig(log_dir=logs)).execute_single(hyp("nope"), worktree)
+    assert (res.result, res.exit_code) == (TestResult.ERROR, -1)
+    assert res.error_message == f"test script not found: {worktree}/.falsification/test_nope.sh"
+    assert not logs.exists()
+
+
+async def test_missing_worktree_is_error_not_found(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    [res] = await AsyncTestExecutor().execute_parallel_async([hyp("ok")], {"ok": gone})
+    assert (res.result, res.worktree_path) == (TestResult.ERROR, str(gone))
+    assert res.error_message == f"test script not found: {gone}/.falsification/test_ok.sh"
+
+
+async def test_script_path_and_env_match_the_original(worktree: Path) -> None:
+    """Paths are built as strings now; they must be what Path built before."""
+    add_script(worktree, "env", 'echo "$0|$PO_HYPOTHESIS|$PO_WORKTREE|$PO_JOB_ID"')
+    for given in (worktree, f"{worktree}/", f"{worktree}/./"):
+        [res] = await AsyncTestExecutor().execute_parallel_async([hyp("env")], {"env": given})
+        script, hid, wt, job_id = res.stdout.strip().split("|")
+        assert script == str(AsyncTestExecutor.script_path(hyp("env"), worktree))
+        assert (hid, wt, res.worktree_path) == ("env", str(worktree), str(worktree))
+        assert job_id == res.metrics["job_id"] and job_id.startswith("exec-")
+
+
+async def test_normal_path_touches_no_proc(worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Library use (no subreaper), exit 0, group empty, pipes closed: no /proc scan, no sweep.
+
+    Scanning /proc costs about 0.5 ms per job on a machine without task/*/children. The
+    EOF grace is raised so that a loaded machine cannot push a job onto the slow path.
+    """
+    from parallel_orchestrator import janitor, runner
+
+    def forbidden(*_args: object, **_kwargs: object) -> object:
+        raise AssertionError("the normal path touched /proc")
+
+    for name in ("_read", "_all_pids", "children_of_self", "sweep_marked", "sweep_adopted"):
+        monkeypatch.setattr(janitor, name, forbidden)
+    monkeypatch.setattr(runner, "_EOF_GRACE_S", 30.0)
+    ids = [f"n{i}" for i in range(24)]
+    for hid in ids:
+        add_script(worktree, hid, "echo out; echo err >&2")
+    ex = AsyncTestExecutor(FalsificationConfig(max_concurrent_tests=8))
+    results = await ex.execute_parallel_async([hyp(h) for h in ids], dict.fromkeys(ids, worktree))
+    assert [(r.result, r.stdout, r.stderr) for r in results] == [
+        (TestResult.PASS, "out\n", "err\n")
+    ] * len(ids)

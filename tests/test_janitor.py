@@ -119,6 +119,18 @@ def test_children_of_self_lists_direct_children() -> None:
         proc.wait()
 
 
+def test_group_alive_checks_the_group_and_never_reports_ours() -> None:
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert janitor.group_alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not janitor.group_alive(proc.pid)  # reaped: the group is gone
+    assert not janitor.group_alive(os.getpgrp())  # ours is never a job's group
+    assert not janitor.group_alive(1) and not janitor.group_alive(0)
+
+
 async def test_timeout_without_subreaper_kills_escapee_by_marker(tmp_path: Path) -> None:
     """Library use: no subreaper, so a timed-out job triggers the /proc marker scan."""
     (tmp_path / "escape.py").write_text(ESCAPE)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import gc
 import json
 import os
 import stat
@@ -455,3 +457,147 @@ async def test_without_pidfd_the_exit_is_awaited_in_a_thread(
     slow = await run_job(spec(tmp_path, "sleep", "30", timeout_s=0.3, kill_grace_s=0.2))
     assert (slow.result, slow.exit_code) == ("timeout", 124)
     assert slow.pid is not None and not running(slow.pid)
+
+
+# ---------------------------------------------------------------------------------------
+# The lean hot path (reaping at EOF, the shared epoll, the spawn pool's hand-off, the
+# shared /dev/null) must not cost any of the guarantees.
+
+
+@pytest.mark.parametrize("split", [False, True])
+async def test_leader_closing_its_output_is_still_awaited(tmp_path: Path, split: bool) -> None:
+    """EOF before the exit: the leader is then watched directly, not taken for exited."""
+    out = await run_job(spec(tmp_path, "sh", "-c", "echo hi; exec >&- 2>&-; sleep 0.3; exit 3",
+                             split_stderr=split))
+    assert (out.result, out.exit_code, out.output_tail) == ("fail", 3, "hi\n")
+    assert out.duration_s >= 0.3
+    assert out.pid is not None and out.pid not in runner.job_leaders()
+
+
+async def test_cancel_right_after_start_still_kills_and_reaps(tmp_path: Path) -> None:
+    """Cancelled before the exit is watched at all (well inside the EOF window)."""
+    started: list[int] = []
+    task = asyncio.create_task(
+        run_job(spec(tmp_path, "sleep", "300", kill_grace_s=0.2), on_started=started.append)
+    )
+    assert await wait_until(lambda: bool(started))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not running(started[0])
+    with pytest.raises(ChildProcessError):
+        os.waitpid(started[0], os.WNOHANG)
+    assert started[0] not in runner.job_leaders()
+
+
+def test_finished_loops_keep_no_descriptors(tmp_path: Path) -> None:
+    """Each loop's job watcher (one epoll) goes with the loop: sync APIs run a loop a call."""
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    asyncio.run(run_job(spec(tmp_path, "true")))  # warm up: spawn pool, /dev/null
+    gc.collect()
+    before = fds()
+    for _ in range(5):
+        assert asyncio.run(run_job(spec(tmp_path, "true", split_stderr=True))).result == "pass"
+    gc.collect()
+    assert fds() <= before
+
+
+async def test_idle_watcher_is_closed_while_the_loop_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "_MUX_IDLE_S", 0.05)
+    loop = asyncio.get_running_loop()
+    assert (await run_job(spec(tmp_path, "true"))).result == "pass"
+    assert await wait_until(lambda: loop not in runner._muxes, timeout=5)
+    assert (await run_job(spec(tmp_path, "echo", "again"))).output_tail == "again\n"
+
+
+def test_spawn_for_a_closed_loop_is_killed_and_reaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its task is gone, so nobody would ever watch that leader: the spawn thread ends it."""
+    spawned: list[subprocess.Popen[bytes]] = []
+    real_spawn = runner._spawn
+
+    def recording_spawn(job: JobSpec, env: dict[str, str]) -> runner._Spawned:
+        result = real_spawn(job, env)
+        spawned.append(result.popen)
+        return result
+
+    monkeypatch.setattr(runner, "_spawn", recording_spawn)
+    loop = asyncio.new_event_loop()
+    loop.close()
+    delivered: list[object] = []
+    runner._spawner().submit(loop, spec(tmp_path, "sleep", "300"), dict(ENV), delivered.append)
+    deadline = time.monotonic() + 20
+    while not (spawned and spawned[0].returncode is not None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spawned and spawned[0].returncode == -9  # SIGKILLed and reaped
+    assert spawned[0].pid not in runner.job_leaders()
+    assert delivered == []
+
+
+async def test_stdin_is_devnull_even_if_our_descriptor_was_replaced(tmp_path: Path) -> None:
+    fd = runner._devnull_fd()
+    secret = tmp_path / "secret"
+    secret.write_text("not for jobs\n")
+    other = os.open(secret, os.O_RDONLY)
+    os.dup2(other, fd)  # the application closed ours and reused the number
+    os.close(other)
+    try:
+        out = await run_job(spec(tmp_path, "cat"))
+        assert (out.result, out.output_tail) == ("pass", "")
+        assert runner._devnull_fd() != fd
+    finally:
+        os.close(fd)
+
+
+async def test_exit_is_still_watched_when_no_pidfd_can_be_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E.g. EMFILE when a leader outlives its output: a thread waits for it instead."""
+    if not runner._have_pidfd():
+        pytest.skip("no pidfd support here")
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    out = await run_job(spec(tmp_path, "sh", "-c", "exec >&- 2>&-; sleep 0.2; exit 4"))
+    assert (out.result, out.exit_code) == ("fail", 4)
+    slow = await run_job(spec(tmp_path, "sleep", "30", timeout_s=0.3, kill_grace_s=0.2))
+    assert (slow.result, slow.exit_code) == ("timeout", 124)
+    assert slow.pid is not None and not running(slow.pid)
+
+
+def test_spawn_pool_without_any_thread_queues_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cannot_start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    pool = runner._SpawnPool(2)
+    loop = asyncio.new_event_loop()
+    monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    try:
+        with pytest.raises(RuntimeError):
+            pool.submit(loop, spec(tmp_path, "true"), dict(ENV), print)
+    finally:
+        loop.close()
+    assert pool._requests.empty()
+
+
+async def test_exit_before_the_deadline_is_not_a_timeout_even_if_unnoticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader exits, a background child holds the pipe, and the exit is not watched
+    yet when the time is up: the deadline checks the exit itself, and the job failed."""
+    monkeypatch.setattr(runner, "_EXIT_WATCH_DELAY_S", 60.0)
+    job = script(tmp_path, "bg.sh", "#!/bin/sh\nsleep 300 &\necho $! > bg.pid\nexit 5\n")
+    out = await run_job(spec(tmp_path, str(job), timeout_s=2.0, kill_grace_s=5.0))
+    assert (out.result, out.exit_code) == ("fail", 5)
+    assert out.extra["group_signal"] == "SIGTERM"
+    assert not running(int((tmp_path / "bg.pid").read_text()))

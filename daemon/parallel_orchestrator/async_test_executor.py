@@ -32,10 +32,40 @@ from .runner import JobOutcome, JobSpec, run_job
 
 T = TypeVar("T")
 
-# Job ids (the PO_JOB_ID marker) must be unique machine-wide; one random prefix per
-# process plus a counter is, and costs no syscall per job (uuid4 reads /dev/urandom).
-_ID_PREFIX = uuid.uuid4().hex[:12]
+# Job ids (the PO_JOB_ID marker) must be unique machine-wide; a random prefix per process
+# plus a counter is, and costs no syscall per job (uuid4 reads /dev/urandom, getpid is a
+# syscall). A forked child would repeat its parent's ids: it gets a fresh prefix.
+_id_prefix = ""
 _job_numbers = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix
+    _id_prefix = f"exec-{uuid.uuid4().hex[:12]}-{os.getpid()}-"
+
+
+_new_id_prefix()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_id_prefix)
+
+
+class _Place:
+    """A worktree as one batch's jobs use it, converted once per batch rather than per
+    job (``Path`` parsing costs microseconds, and a batch usually shares few worktrees)."""
+
+    __slots__ = ("path", "scripts", "text")
+
+    def __init__(self, worktree: Path | str) -> None:
+        self.path = Path(worktree)
+        self.text = str(self.path)
+        self.scripts = str(self.path / ".falsification")
+
+    def script(self, hypothesis: Hypothesis) -> str:
+        """``str(AsyncTestExecutor.script_path(hypothesis, worktree))``, without Paths."""
+        if "/" in hypothesis.id:  # Path would normalise inside the name: let it
+            return str(AsyncTestExecutor.script_path(hypothesis, self.path))
+        return f"{self.scripts}/test_{hypothesis.id}.sh"
+
 
 _RESULTS: dict[str, TestResult] = {
     "pass": TestResult.PASS,
@@ -94,22 +124,22 @@ class AsyncTestExecutor:
         )
 
     def _spec(
-        self, hypothesis: Hypothesis, worktree: Path, script: Path, base_env: Mapping[str, str]
+        self, hypothesis: Hypothesis, place: _Place, script: str, base_env: Mapping[str, str]
     ) -> JobSpec:
         cfg = self.config
         env = dict(base_env)
         env["PO_HYPOTHESIS"] = hypothesis.id
-        env["PO_WORKTREE"] = str(worktree)
+        env["PO_WORKTREE"] = place.text
         log_path = None
         if cfg.log_dir is not None:
             log_path = Path(cfg.log_dir) / (urllib.parse.quote(hypothesis.id, safe="") + ".log")
         return JobSpec(
-            argv=(str(script),),
-            cwd=worktree,
+            argv=(script,),
+            cwd=place.path,
             env=env,
             timeout_s=float(cfg.test_timeout),
             kill_grace_s=float(cfg.kill_grace_s),
-            job_id=f"exec-{_ID_PREFIX}-{os.getpid()}-{next(_job_numbers)}",
+            job_id=f"{_id_prefix}{next(_job_numbers)}",
             log_path=log_path,
             max_log_bytes=cfg.max_log_bytes,
             tail_bytes=0,  # the result carries the captures, not the daemon's short tail
@@ -119,7 +149,7 @@ class AsyncTestExecutor:
 
     @staticmethod
     def _from_outcome(
-        hypothesis: Hypothesis, worktree: Path, outcome: JobOutcome, spec: JobSpec
+        hypothesis: Hypothesis, worktree: str, outcome: JobOutcome, spec: JobSpec
     ) -> TestExecutionResult:
         result = _RESULTS[outcome.result]
         metrics: dict[str, Any] = {
@@ -135,7 +165,7 @@ class AsyncTestExecutor:
             stdout=outcome.output,
             stderr=outcome.stderr_output,
             exit_code=-1 if outcome.exit_code is None else outcome.exit_code,
-            worktree_path=str(worktree),
+            worktree_path=worktree,
             error_message=outcome.error_message,
             metrics=metrics,
         )
@@ -144,18 +174,22 @@ class AsyncTestExecutor:
         self, hypothesis: Hypothesis, worktree: Path | str
     ) -> TestExecutionResult:
         """Run one hypothesis's script; never raises for a failing or missing script."""
-        return await self._execute(hypothesis, worktree, os.environ.copy())
+        return await self._execute(hypothesis, _Place(worktree), os.environ.copy())
 
     async def _execute(
-        self, hypothesis: Hypothesis, worktree: Path | str, base_env: Mapping[str, str]
+        self, hypothesis: Hypothesis, place: _Place, base_env: Mapping[str, str]
     ) -> TestExecutionResult:
-        worktree = Path(worktree)
-        script = self.script_path(hypothesis, worktree)
-        if not script.is_file():
-            return self._error(hypothesis, worktree, f"test script not found: {script}")
-        spec = self._spec(hypothesis, worktree, script, base_env)
+        script = place.script(hypothesis)
+        spec = self._spec(hypothesis, place, script, base_env)
+        # A missing script is found by the spawn failing (no stat per job); it is checked
+        # up front only when a log is kept, since run_job creates the log file first.
+        if spec.log_path is not None and not os.path.isfile(script):
+            return self._error(hypothesis, place.path, f"test script not found: {script}")
         outcome = await run_job(spec)
-        return self._from_outcome(hypothesis, worktree, outcome, spec)
+        if outcome.pid is None and outcome.result == "error" and not os.path.isfile(script):
+            # Never ran, and no script there (or a missing worktree): as the original said.
+            return self._error(hypothesis, place.path, f"test script not found: {script}")
+        return self._from_outcome(hypothesis, place.text, outcome, spec)
 
     async def execute_parallel_async(
         self, hypotheses: Iterable[Hypothesis], worktrees: Mapping[str, Path | str]
@@ -164,13 +198,18 @@ class AsyncTestExecutor:
         hypotheses = list(hypotheses)
         limit = asyncio.Semaphore(max(1, int(self.config.max_concurrent_tests)))
         base_env = os.environ.copy()  # one snapshot per batch: decoding it costs ~0.1 ms
+        places: dict[str, _Place] = {}
 
         async def one(h: Hypothesis) -> TestExecutionResult:
             worktree = worktrees.get(h.id)
             if worktree is None:
                 return self._error(h, None, f"no worktree given for hypothesis {h.id!r}")
+            key = os.fspath(worktree)
+            place = places.get(key)
+            if place is None:
+                place = places[key] = _Place(worktree)
             async with limit:
-                return await self._execute(h, worktree, base_env)
+                return await self._execute(h, place, base_env)
 
         # A TaskGroup, not gather: if one task fails unexpectedly, the others are
         # cancelled *and awaited*, so their process groups are killed before we return.

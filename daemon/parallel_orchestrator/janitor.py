@@ -288,8 +288,20 @@ def signal_group(pgid: int, sig: int) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process (zombies included) is still in group ``pgid``: one syscall."""
-    return signal_group(pgid, 0)
+    """Whether any process (zombies included) is still in group ``pgid``.
+
+    One syscall when the group is gone, the runner's check after every job; only a live
+    group gets ``signal_group``'s guards (never init's group, never our own).
+    """
+    if pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a member we may not signal (setuid): the group still exists
+    return pgid != os.getpgrp()
 
 
 def live_group_members(pgid: int) -> list[int]:

@@ -8,14 +8,22 @@ janitor sweeps descendants that escaped the group. The normal path stays cheap: 
 own children (subreaper) or skipped (no subreaper and nothing suspicious).
 
 How a job is started: ``subprocess.Popen(argv)`` — an exec, never a shell — called in a
-small shared thread pool, then watched by the event loop: the output pipe with
-``add_reader`` (chunks go straight to bounded buffers) and the exit with a pidfd. Why not
+small shared pool of spawn threads (which also create the pipes), then watched by the
+event loop: the output pipes (chunks go straight to bounded buffers) and the exit. Why not
 ``asyncio.create_subprocess_exec``: it forks in the event-loop thread, and a vfork parent
 waits until the child has exec'd, so spawns are serialised on the loop; on a busy 2-CPU
 machine that made 500 short jobs 2-4x slower than the original thread pool (see
 docs/benchmarks.md, "Executor"). With the fork in a worker thread the loop keeps running,
-and we are as fast as the thread pool without a thread per job. Without pidfds (not Linux,
-kernel < 5.3) the exit is awaited in that pool instead — correct, but one thread per job.
+and we are as fast as the thread pool without a thread per job.
+
+What a short job costs is mostly per-job bookkeeping, so the hot path is kept lean (each
+choice is explained where it is made): the spawn result reaches the loop by one
+``call_soon_threadsafe`` (``_SpawnPool``); a loop's pipes and pidfds share one epoll of our
+own (``_Mux``) instead of costing an ``add_reader`` each; the leader is reaped when its
+output reaches EOF, and its exit is watched by a pidfd only when EOF does not come soon
+or a kill needs it (``_Child``); waits use one future each, not Event + wait_for. Without
+pidfds (not Linux, kernel < 5.3) the exit is awaited in a thread instead — correct, but
+one thread per job.
 
 Output: by default stdout and stderr share one pipe, so the run log keeps the order of
 lines as a terminal would show them (what the daemon wants). ``split_stderr`` gives stderr
@@ -29,18 +37,21 @@ from __future__ import annotations
 import asyncio
 import codecs
 import errno
+import functools
 import math
 import os
+import queue
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +71,9 @@ _DRAIN_TIMEOUT_S = 1.0
 _EOF_GRACE_S = 0.1
 # How long a SIGKILLed group or leader may take to disappear before we give up waiting.
 _KILL_WAIT_S = 2.0
+# A leader is normally reaped when its output reaches EOF; if that has not happened this
+# long after the start, its exit is watched directly (pidfd) from then on.
+_EXIT_WATCH_DELAY_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -103,20 +117,7 @@ class JobOutcome:
 
 _registry_lock = threading.Lock()
 _leaders: set[int] = set()
-_spawning = 0
-
-
-@contextmanager
-def _spawn_in_flight() -> Iterator[None]:
-    """Mark a spawn whose pid is not yet in ``_leaders`` (so orphan reaping holds off)."""
-    global _spawning
-    with _registry_lock:
-        _spawning += 1
-    try:
-        yield
-    finally:
-        with _registry_lock:
-            _spawning -= 1
+_spawning = 0  # spawns under way whose leader is not in _leaders yet (see _spawn)
 
 
 def job_leaders() -> frozenset[int]:
@@ -384,13 +385,15 @@ class _Capture:
         return self.total - min(self.total, self._tail_bytes)
 
     def tail(self) -> str:
+        if not self.total:
+            return ""  # the usual case for stderr, and for many tests' stdout
         data = self._ring.last(self._tail_bytes)
         if self.total > len(data):
             data = _skip_partial_char(data)
         return data.decode("utf-8", errors="replace")
 
     def text(self) -> str:
-        if not self._capturing:
+        if not self._capturing or not self.total:
             return ""
         kept, cut = self._after_head()
         rest = self._ring.last(kept)
@@ -440,8 +443,9 @@ class _Output:
 
 _READ_CHUNK = 256 * 1024
 _SPAWN_THREADS = 4  # fork+exec waits for the child's exec: a few threads keep the CPUs busy
-_spawn_pool: ThreadPoolExecutor | None = None
+_spawn_pool: _SpawnPool | None = None
 _pidfd_ok: bool | None = None
+_HAVE_EPOLL = hasattr(select, "epoll")
 
 
 def _after_fork_in_child() -> None:
@@ -451,18 +455,11 @@ def _after_fork_in_child() -> None:
     _spawn_pool = None
     _spawning = 0
     _leaders.clear()
+    _muxes.clear()  # the parent's loops are not ours to run
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _spawner() -> ThreadPoolExecutor:
-    global _spawn_pool
-    with _registry_lock:
-        if _spawn_pool is None:
-            _spawn_pool = ThreadPoolExecutor(_SPAWN_THREADS, thread_name_prefix="po-spawn")
-        return _spawn_pool
 
 
 def _have_pidfd() -> bool:
@@ -476,65 +473,423 @@ def _have_pidfd() -> bool:
     return _pidfd_ok
 
 
-def _popen(
-    spec: JobSpec, env: dict[str, str], write_fds: list[int]
-) -> subprocess.Popen[bytes]:
-    """Start the leader (runs in a spawn thread); the parent's copies of the pipes are closed.
+class _Spawned:
+    """What a spawn thread hands to the loop: the leader and the loop's ends of its pipes
+    (stdout, then stderr if split; non-blocking)."""
 
-    ``write_fds``: one pipe for stdout and stderr, or two (stdout, stderr) when split.
-    """
+    __slots__ = ("popen", "read_fds")
+
+    def __init__(self, popen: subprocess.Popen[bytes], read_fds: list[int]) -> None:
+        self.popen = popen
+        self.read_fds = read_fds
+
+    def abandon(self) -> None:
+        """Nobody will watch this leader (setup failed, or its loop is gone): kill its
+        group, reap it, close our descriptors. Blocks only for a SIGKILLed process."""
+        pid = self.popen.pid
+        janitor.signal_group(pid, signal.SIGKILL)
+        self.popen.wait()
+        with _registry_lock:
+            _leaders.discard(pid)
+        _close_fds(self.read_fds)
+
+
+_devnull: tuple[int, int, int] | None = None  # (fd, st_dev, st_ino) of our /dev/null
+_devnull_lock = threading.Lock()
+
+
+def _still_devnull(known: tuple[int, int, int] | None) -> bool:
+    if known is None:
+        return False
     try:
-        return subprocess.Popen(
-            spec.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=write_fds[0],
-            stderr=write_fds[-1],
-            cwd=spec.cwd,
-            env=env,
-            start_new_session=True,  # own session and group: pgid == sid == pid
-            close_fds=True,
-        )
+        st = os.fstat(known[0])
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == known[1:]
+
+
+def _devnull_fd() -> int:
+    """A /dev/null descriptor for the leaders' stdin, opened once, not once per job.
+
+    ``stdin=DEVNULL`` makes ``Popen`` open and close /dev/null for every child. Ours is
+    checked (one fstat) before each use, in case the application closed it and the
+    number now names some other file, which must never become a job's stdin.
+    """
+    global _devnull
+    known = _devnull
+    if _still_devnull(known):
+        assert known is not None
+        return known[0]
+    with _devnull_lock:
+        known = _devnull
+        if _still_devnull(known):
+            assert known is not None
+            return known[0]
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # a replaced one is not ours
+        st = os.fstat(fd)
+        _devnull = (fd, st.st_dev, st.st_ino)
+        return fd
+
+
+def _spawn(spec: JobSpec, env: dict[str, str]) -> _Spawned:
+    """Create the pipes and start the leader (runs in a spawn thread).
+
+    All of it is syscalls and ``Popen``; done here, none of it occupies the event loop.
+    ``Popen(argv)`` is an exec, never a shell. Raises what ``Popen`` raises; nothing is
+    left open or running then.
+    """
+    global _spawning
+    read_fds: list[int] = []
+    write_fds: list[int] = []  # one pipe for stdout and stderr, or two when split
+    try:
+        for _ in range(2 if spec.split_stderr else 1):
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+            read_fds.append(read_fd)
+            write_fds.append(write_fd)
+            os.set_blocking(read_fd, False)
+        # A forked leader is our child before it is in _leaders: hold orphan reaping off.
+        with _registry_lock:
+            _spawning += 1
+        try:
+            popen = subprocess.Popen(
+                spec.argv,
+                stdin=_devnull_fd(),
+                stdout=write_fds[0],
+                stderr=write_fds[-1],
+                cwd=spec.cwd,
+                env=env,
+                start_new_session=True,  # own session and group: pgid == sid == pid
+                close_fds=True,
+            )
+        except BaseException:
+            with _registry_lock:
+                _spawning -= 1
+            raise
+        with _registry_lock:
+            _spawning -= 1
+            _leaders.add(popen.pid)  # reaped only by _Child._ended (or abandon)
+    except BaseException:
+        _close_fds(read_fds)
+        raise
     finally:
-        for fd in write_fds:
-            os.close(fd)
+        _close_fds(write_fds)  # the child has its copies; EOF must come when it is done
+    return _Spawned(popen, read_fds)
+
+
+_Deliver = Callable[["_Spawned | BaseException"], None]
+
+
+class _SpawnPool:
+    """A few threads that run ``_spawn`` and hand each result straight to its loop.
+
+    Why not ``loop.run_in_executor``: per job it builds a concurrent future, an asyncio
+    future chained to it by two callbacks, and (to survive a cancel mid-fork) a shield on
+    top: three futures and three loop hand-offs where one ``call_soon_threadsafe`` does,
+    a measurable share of a short job's cost. It also drops the result if the loop has
+    closed meanwhile, leaving a running leader nobody watches; here the thread kills and
+    reaps it instead. Threads start on demand, at most ``size``; they are daemon threads
+    idling on a queue, so they never hold up interpreter exit.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._requests: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, JobSpec, dict[str, str], _Deliver]
+        ] = queue.SimpleQueue()
+        self._threads = 0
+        self._lock = threading.Lock()
+
+    def submit(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        spec: JobSpec,
+        env: dict[str, str],
+        deliver: _Deliver,
+    ) -> None:
+        """Spawn ``spec``; ``deliver(result)`` is then called on ``loop``'s thread.
+
+        Raises (and queues nothing) only when no thread exists and none can be started: a
+        request queued for nobody could never be cancelled, and its leader never reaped.
+        """
+        if self._threads < self._size:
+            with self._lock:
+                if self._threads < self._size:
+                    thread = threading.Thread(
+                        target=self._work, name=f"po-spawn-{self._threads + 1}", daemon=True
+                    )
+                    try:
+                        thread.start()
+                    except RuntimeError:  # "can't start new thread": the others will do
+                        if not self._threads:
+                            raise
+                    else:
+                        self._threads += 1
+        self._requests.put((loop, spec, env, deliver))
+
+    def _work(self) -> None:
+        while True:
+            loop, spec, env, deliver = self._requests.get()
+            result: _Spawned | BaseException
+            try:
+                result = _spawn(spec, env)
+            except BaseException as exc:  # raised in the awaiting task instead
+                result = exc
+            try:
+                loop.call_soon_threadsafe(deliver, result)
+            except RuntimeError:  # the loop is closed: nobody will ever watch this leader
+                if isinstance(result, _Spawned):
+                    result.abandon()
+            del loop, spec, env, deliver, result  # keep nothing alive while idle
+
+
+def _spawner() -> _SpawnPool:
+    global _spawn_pool
+    with _registry_lock:
+        if _spawn_pool is None:
+            _spawn_pool = _SpawnPool(_SPAWN_THREADS)
+        return _spawn_pool
+
+
+class _Handoff:
+    """Receives the spawn thread's result for one job's task.
+
+    A cancel while the thread forks must not lose the child, so the task keeps waiting
+    (and remembers the cancel) until the result is in: what ``asyncio.shield`` is used
+    for, without its extra future and callbacks.
+    """
+
+    __slots__ = ("_waiter", "done", "result")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.result: _Spawned | BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def deliver(self, result: _Spawned | BaseException) -> None:
+        """Called on the loop's thread by the spawn thread."""
+        self.done = True
+        self.result = result
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Wait for the result; True when the task was cancelled meanwhile."""
+        cancelled = False
+        while not self.done:
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            except asyncio.CancelledError:
+                cancelled = True
+        self._waiter = None
+        return cancelled
+
+
+class _Mux:
+    """One loop's job descriptors (output pipes, pidfds) in an epoll of our own, which is
+    registered with the loop as a single reader.
+
+    Why: ``loop.add_reader`` + ``remove_reader`` cost about 5.5 us of Python per
+    descriptor (selector keys, a handle, transport checks), and a job has two or three;
+    a raw epoll registration costs 1.4 us, and one loop callback dispatches all that are
+    ready. Closed after ``_MUX_IDLE_S`` without descriptors (not at once: with short jobs
+    the count touches zero between spawns hundreds of times a batch), and in any case
+    when its loop is garbage-collected (``_muxes`` holds loops weakly, the mux holds none).
+    """
+
+    __slots__ = ("_callbacks", "_epoll", "_idle_check", "closed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._epoll = select.epoll()  # close-on-exec
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        # A flag, not the TimerHandle: the handle refers to the loop, and a mux referring
+        # to its loop would keep it alive through _muxes forever.
+        self._idle_check = False
+        self.closed = False
+        try:
+            loop.add_reader(self._epoll.fileno(), self._dispatch, loop)
+        except BaseException:
+            self._epoll.close()
+            raise
+
+    def add(self, fd: int, callback: Callable[[], None]) -> None:
+        self._epoll.register(fd, select.EPOLLIN)
+        self._callbacks[fd] = callback
+
+    def remove(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is None:
+            return
+        self._epoll.unregister(fd)
+        if not self._callbacks and not self._idle_check:
+            self._idle_check = True
+            loop.call_later(_MUX_IDLE_S, self._close_if_idle, loop)
+
+    def _close_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._idle_check = False
+        if self._callbacks:
+            return  # busy again; the next time it empties schedules another check
+        self.closed = True
+        if _muxes.get(loop) is self:
+            del _muxes[loop]
+        loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        for fd, _events in self._epoll.poll(0):
+            callback = self._callbacks.get(fd)  # None: removed by an earlier callback
+            if callback is None:
+                continue
+            try:
+                callback()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # as the loop treats a failing reader callback
+                loop.call_exception_handler(
+                    {"message": "Exception in a job watcher callback", "exception": exc}
+                )
+
+
+_MUX_IDLE_S = 1.0
+_muxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mux] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _mux_for(loop: asyncio.AbstractEventLoop) -> _Mux | None:
+    """The loop's mux; None where there is no epoll (or the loop takes no weak
+    references): then descriptors go to ``loop.add_reader`` one by one."""
+    if not _HAVE_EPOLL:
+        return None
+    try:
+        mux = _muxes.get(loop)
+        if mux is None or mux.closed:
+            mux = _Mux(loop)
+            _muxes[loop] = mux
+    except TypeError:
+        return None
+    return mux
 
 
 class _Child:
-    """A running leader, watched by the loop: output pipes into ``output``, exit via pidfd.
+    """A running leader, watched by the loop: output pipes into ``output``, and its exit.
 
-    ``wake`` is set by the exit or by the timeout; ``reaped`` once its status is collected
-    (only here, so the pid cannot be reused while we may still signal its group).
+    The exit, cheaply: the kernel closes a dying process's files just before it becomes a
+    zombie, so when the output pipes reach EOF the leader has almost always exited, and
+    one ``waitpid(WNOHANG)`` reaps it. Only if it has not (it closed its output but runs
+    on), or if EOF has not come within ``_EXIT_WATCH_DELAY_S`` (a background process may
+    hold the pipes forever), or once the runner needs the exit for a kill, is the exit
+    watched: a pidfd on the loop (per job that is a pidfd_open, two epoll_ctl and a close
+    saved for short jobs), or without pidfds a thread waiting.
+
+    State is three flags — ``exited`` (reaped: its status collected, only here, so the pid
+    cannot be reused while we may still signal its group), ``eof`` (every output pipe
+    closed), ``time_is_up`` — and ``until`` waits for a condition on them. That is cheaper
+    than asyncio.Event + wait_for (a task per call on 3.11), and runs several times a job.
     """
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        popen: subprocess.Popen[bytes],
-        read_fds: list[int],
-        output: _Output,
+        self, loop: asyncio.AbstractEventLoop, spawned: _Spawned, output: _Output
     ) -> None:
         self.loop = loop
-        self.popen = popen
-        self.pid = popen.pid
+        self.popen = spawned.popen
+        self.pid = spawned.popen.pid
         self.output = output
-        self.wake = asyncio.Event()
-        self.reaped = asyncio.Event()
-        self.eof = asyncio.Event()  # every output pipe closed
         self.exited = False
+        self.eof = False
+        self.time_is_up = False
+        self._waiters: list[asyncio.Future[None]] = []
         captures = [output.stdout] if output.stderr is None else [output.stdout, output.stderr]
         self._open: dict[int, _Capture] = {}
+        self._fds = list(zip(spawned.read_fds, captures, strict=True))
+        self._exit_watched = False
+        self._timer: asyncio.TimerHandle | None = None  # see start_clock
+        self._deadline: float | None = None
         self._pidfd: int | None = None
-        self._waiter: asyncio.Future[int] | None = None
-        for fd, capture in zip(read_fds, captures, strict=True):
-            os.set_blocking(fd, False)
-            loop.add_reader(fd, self._readable, fd)
-            self._open[fd] = capture
-        if _have_pidfd():
-            self._pidfd = os.pidfd_open(self.pid)  # works on a zombie too: never ESRCH here
-            loop.add_reader(self._pidfd, self._ended)
+        self._exit_waiter: asyncio.Future[int] | None = None
+        self._mux: _Mux | None = None
+
+    def _watch_fd(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when ``fd`` is readable: through the loop's mux if it has one."""
+        mux = self._mux
+        if mux is None or mux.closed:  # closed only when none of our fds were in it
+            mux = self._mux = _mux_for(self.loop)
+        if mux is None:
+            self.loop.add_reader(fd, callback)
         else:
-            self._waiter = loop.run_in_executor(None, popen.wait)
-            self._waiter.add_done_callback(lambda _: self._ended())
+            mux.add(fd, callback)
+
+    def _unwatch_fd(self, fd: int) -> None:
+        """Undo ``_watch_fd`` (a no-op for a descriptor not watched)."""
+        if self._mux is None:
+            self.loop.remove_reader(fd)
+        else:
+            self._mux.remove(self.loop, fd)
+
+    def watch(self) -> None:
+        """Register the pipes with the loop; on failure the caller must ``detach`` and
+        abandon the spawn (the job must not run on unwatched)."""
+        for fd, capture in self._fds:
+            self._open[fd] = capture
+            self._watch_fd(fd, functools.partial(self._readable, fd))
+        if not _have_pidfd():
+            self.watch_exit()  # a thread waits from the start; start_clock does the rest
+
+    def start_clock(self, limit: float | None) -> None:
+        """Start the job's one timer: first, after ``_EXIT_WATCH_DELAY_S``, it watches the
+        exit if EOF has not reaped the leader by then; then it ends the job's time, after
+        ``limit`` seconds (None: no limit). One timer, not two: asyncio keeps timers in a
+        heap ordered by Python-level comparisons, a visible cost per short job."""
+        loop = self.loop
+        self._deadline = None if limit is None else loop.time() + limit
+        if not self._exit_watched and (limit is None or limit > _EXIT_WATCH_DELAY_S):
+            self._timer = loop.call_later(_EXIT_WATCH_DELAY_S, self._tick)
+        elif self._deadline is not None:
+            self._timer = loop.call_at(self._deadline, self._time_up)
+
+    def stop_clock(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._deadline is not None:  # armed first: the job's time must end regardless
+            self._timer = self.loop.call_at(self._deadline, self._time_up)
+        self.watch_exit()
+
+    def _time_up(self) -> None:
+        self._timer = None
+        if not self.exited and self.popen.poll() is not None:
+            # It did exit in time; nothing had told us yet (EOF still pending, exit not
+            # watched yet): a pass or fail, not a timeout.
+            self._reaped()
+        self.time_is_up = True
+        self._changed()
+
+    def watch_exit(self) -> None:
+        """Have the leader's exit wake the loop from now on (see the class docstring)."""
+        if self.exited or self._exit_watched:
+            return
+        self._exit_watched = True
+        if _have_pidfd():
+            try:
+                self._pidfd = os.pidfd_open(self.pid)  # unreaped, so never ESRCH
+                self._watch_fd(self._pidfd, self._ended)
+                return
+            except OSError:  # e.g. EMFILE: wait in a thread rather than not at all
+                if self._pidfd is not None:
+                    os.close(self._pidfd)
+                    self._pidfd = None
+        self._exit_waiter = self.loop.run_in_executor(None, self.popen.wait)
+        self._exit_waiter.add_done_callback(lambda _: self._ended())
+
+    def detach(self) -> None:
+        """Undo ``watch`` as far as it got; the pipes stay open (abandon closes them)."""
+        for fd, _capture in self._fds:
+            self._unwatch_fd(fd)
+        self._open.clear()
+        self.stop_clock()
 
     def _readable(self, fd: int) -> None:
         capture = self._open.get(fd)
@@ -555,34 +910,86 @@ class _Child:
 
     def _close_pipe(self, fd: int) -> None:
         if self._open.pop(fd, None) is not None:
-            self.loop.remove_reader(fd)
+            self._unwatch_fd(fd)
             os.close(fd)
-        if not self._open:
-            self.eof.set()
+        if not self._open and not self.eof:
+            self.eof = True
+            if not self._exit_watched and not self.exited:
+                if self.popen.poll() is not None:  # waitpid(WNOHANG): the usual case
+                    self._reaped()
+                else:
+                    self.watch_exit()
+            self._changed()
 
     def _ended(self) -> None:
+        """The pidfd (or the waiting thread) says the leader exited."""
         if self._pidfd is not None:
-            self.loop.remove_reader(self._pidfd)
+            self._unwatch_fd(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
-        self.popen.wait()  # the pidfd said it exited: this reaps without blocking
+        self.popen.wait()  # it exited: this reaps without blocking
+        self._reaped()
+        self._changed()
+
+    def _reaped(self) -> None:
         with _registry_lock:
             _leaders.discard(self.pid)
         self.exited = True
-        self.reaped.set()
-        self.wake.set()
+
+    def _changed(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def ended_or_time_up(self) -> bool:
+        return self.exited or self.time_is_up
+
+    def is_exited(self) -> bool:
+        return self.exited
+
+    def is_eof(self) -> bool:
+        return self.eof
+
+    async def until(self, cond: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``cond()`` holds (True) or ``timeout`` seconds have passed (False)."""
+        if cond():
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        loop = self.loop
+        expired = False
+        timer = None
+        if timeout is not None:
+
+            def expire() -> None:
+                nonlocal expired
+                expired = True
+                self._changed()
+
+            timer = loop.call_later(timeout, expire)
+        try:
+            while not cond():
+                if expired:
+                    return False
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+                await waiter
+            return True
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     @property
     def returncode(self) -> int | None:
         return self.popen.returncode
 
-    def time_up(self) -> None:
-        self.wake.set()
-
     def close(self) -> None:
-        """Stop watching the pipes (an unattributed holder may keep one open forever)."""
+        """Stop watching the pipes (an unattributed holder may keep one open forever);
+        a leader not reaped yet stays watched, to be reaped when it does exit."""
         for fd in list(self._open):
             self._close_pipe(fd)
+        self.watch_exit()
 
 
 # ---------------------------------------------------------------------------------------
@@ -634,16 +1041,6 @@ async def _wait_group_gone(pgid: int, limit_s: float, hurry: asyncio.Event | Non
         delay = min(delay * 2, 0.05)
 
 
-async def _event_within(event: asyncio.Event, seconds: float) -> bool:
-    if event.is_set():
-        return True  # no wait_for (it costs a task on 3.11)
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
-
-
 async def _end_job(
     spec: JobSpec,
     job_id: str,
@@ -651,10 +1048,18 @@ async def _end_job(
     child: _Child,
     kill: bool,
     hurry: asyncio.Event,
+    eof_grace_s: float,
 ) -> dict[str, object]:
-    """Empty the job's group, reap the leader, sweep escapees. Always runs to the end."""
+    """Empty the job's group, reap the leader, sweep escapees. Always runs to the end.
+
+    ``eof_grace_s``: how long a pipe still open after the leader's exit may take to close
+    before it counts as held by an escapee (0 when the caller already waited that long).
+    """
     extra: dict[str, object] = {}
     pgid = pid  # start_new_session: the leader leads its own group and session
+    # Reap the leader as soon as it dies: a zombie leader keeps the group "alive" to
+    # killpg, which would make _wait_group_gone fall back to /proc scans.
+    child.watch_exit()
     crowded = kill or janitor.group_alive(pgid)
     if crowded:
         sig = signal.SIGTERM
@@ -668,11 +1073,11 @@ async def _end_job(
             if not await _wait_group_gone(pgid, _KILL_WAIT_S, None):
                 extra["group_unreaped"] = janitor.live_group_members(pgid)
         extra["group_signal"] = sig.name
-    if not await _event_within(child.reaped, _KILL_WAIT_S):
+    if not await child.until(child.is_exited, _KILL_WAIT_S):
         extra["leader_unreaped"] = pid  # unkillable (D state); reaped when it does exit
     if janitor.is_subreaper():
         report = await janitor.sweep_adopted(job_id, pgid, job_leaders)
-    elif crowded or not await _event_within(child.eof, _EOF_GRACE_S):
+    elif crowded or not await child.until(child.is_eof, eof_grace_s):
         # Group empty but someone still holds the output pipe: an escapee. Find it.
         report = await janitor.sweep_marked(job_id, pgid)
     else:
@@ -756,96 +1161,77 @@ async def _run_spawned(
     t0: float,
 ) -> JobOutcome:
     loop = asyncio.get_running_loop()
-    cancelled = False
-    with _spawn_in_flight():
-        read_fds: list[int] = []
-        write_fds: list[int] = []
-        try:
-            for _ in range(2 if spec.split_stderr else 1):
-                read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-                read_fds.append(read_fd)
-                write_fds.append(write_fd)
-            spawn = loop.run_in_executor(_spawner(), _popen, spec, env, write_fds)
-        except BaseException:
-            _close_fds(read_fds + write_fds)
-            raise
-        # A cancel while the thread forks must not lose the child: let the spawn finish.
-        while not spawn.done():
-            try:
-                await asyncio.shield(spawn)
-            except asyncio.CancelledError:
-                cancelled = True
-            except (OSError, ValueError):
-                break  # reported below, from spawn.result()
-        try:
-            popen = spawn.result()
-        except (OSError, ValueError) as exc:
-            _close_fds(read_fds)
-            if cancelled:
-                raise asyncio.CancelledError() from exc
-            return JobOutcome(
-                result="error",
-                exit_code=None,
-                duration_s=time.monotonic() - t0,
-                output_tail="",
-                error_message=_spawn_error_message(spec, exc),
-                started_at=started_at,
-                finished_at=time.time(),
-            )
-        except BaseException:
-            _close_fds(read_fds)
-            raise
-        pid = popen.pid
-        with _registry_lock:
-            _leaders.add(pid)  # reaped only by child._ended, so it is still unreaped here
-        try:
-            child = _Child(loop, popen, read_fds, output)
-        except BaseException:  # e.g. EMFILE on pidfd_open: do not leave the job running
-            janitor.signal_group(pid, signal.SIGKILL)
-            popen.wait()
-            with _registry_lock:
-                _leaders.discard(pid)
-            for fd in read_fds:
-                loop.remove_reader(fd)
-            _close_fds(read_fds)
-            raise
+    handoff = _Handoff()
+    _spawner().submit(loop, spec, env, handoff.deliver)
+    cancelled = await handoff.wait(loop)  # a cancel mid-fork waits for the child: not lost
+    spawned = handoff.result
+    if not isinstance(spawned, _Spawned):
+        assert spawned is not None
+        if cancelled:
+            raise asyncio.CancelledError() from spawned
+        if not isinstance(spawned, (OSError, ValueError)):
+            raise spawned
+        return JobOutcome(
+            result="error",
+            exit_code=None,
+            duration_s=time.monotonic() - t0,
+            output_tail="",
+            error_message=_spawn_error_message(spec, spawned),
+            started_at=started_at,
+            finished_at=time.time(),
+        )
+    pid = spawned.popen.pid
+    child = _Child(loop, spawned, output)
+    try:
+        child.watch()
+    except BaseException:  # do not leave the job running unwatched
+        child.detach()
+        spawned.abandon()
+        raise
 
     timed_out = False
     failure: BaseException | None = None
-    limit = _timeout_of(spec)
-    timer = None
-    if limit is not None:
-        timer = loop.call_later(limit, child.time_up)
     if not cancelled:
+        child.start_clock(_timeout_of(spec))
         try:
             if on_started is not None:
                 on_started(pid)
-            await child.wake.wait()
+            await child.until(child.ended_or_time_up)
             timed_out = not child.exited
         except asyncio.CancelledError:
             cancelled = True
         except Exception as exc:  # on_started failed: still kill and reap, then re-raise
             failure = exc
-    if timer is not None:
-        timer.cancel()
+    child.stop_clock()
 
     kill = timed_out or cancelled or failure is not None
+    extra: dict[str, object] | None = None
+    eof_grace_s = _EOF_GRACE_S
     if (
         not kill
-        and child.eof.is_set()
-        and not janitor.is_subreaper()
         and not janitor.group_alive(pid)
+        and (not janitor.is_subreaper() or not janitor.adopted_children(job_leaders()))
     ):
-        # The common case, decided without awaiting: group empty, pipe closed, and no
-        # subreaper sweep to do. Skips the cleanup task (a measurable cost per short job).
-        extra: dict[str, object] = {}
-    else:
+        # The common case: leader exited, group empty, nothing adopted that a sweep could
+        # find (a subreaper's escapees are our children by now; without subreaper this
+        # touches no /proc at all). The pipes normally close with the exit, but a child
+        # another spawn thread is forking holds copies of them until it execs, so EOF
+        # may trail the exit a little: wait for it here, within the grace, rather than in
+        # a cleanup task (a measurable cost per short job, and a third of them on a busy
+        # 2-CPU machine).
+        try:
+            if await child.until(child.is_eof, _EOF_GRACE_S):
+                extra = {}
+        except asyncio.CancelledError:
+            cancelled = True
+        eof_grace_s = 0.0  # waited already (or cancelled: no more waiting)
+    if extra is None:
         extra, cancelled_again = await _end_job_uninterrupted(
-            spec, job_id, pid, child, kill
+            spec, job_id, pid, child, kill, eof_grace_s
         )
         cancelled = cancelled or cancelled_again
     try:
-        if not await _event_within(child.eof, _DRAIN_TIMEOUT_S):
+        if not await child.until(child.is_eof, _DRAIN_TIMEOUT_S):
             extra["output_pipe_held"] = True  # an unattributed process kept the pipe open
     except asyncio.CancelledError:
         cancelled = True
@@ -883,6 +1269,7 @@ async def _end_job_uninterrupted(
     pid: int,
     child: _Child,
     kill: bool,
+    eof_grace_s: float,
 ) -> tuple[dict[str, object], bool]:
     """Run ``_end_job`` to completion even if we are cancelled (again) meanwhile.
 
@@ -892,7 +1279,9 @@ async def _end_job_uninterrupted(
     """
     hurry = asyncio.Event()
     cancelled = False
-    ending = asyncio.ensure_future(_end_job(spec, job_id, pid, child, kill, hurry))
+    ending = asyncio.ensure_future(
+        _end_job(spec, job_id, pid, child, kill, hurry, eof_grace_s)
+    )
     while not ending.done():
         try:
             await asyncio.shield(ending)
