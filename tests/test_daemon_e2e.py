@@ -270,6 +270,19 @@ def test_run_on_start_runs_everything_and_reports_by_contract(sc: Scenario) -> N
 
 
 # == 2. exactly the affected scripts, in exactly the edited hypothesis ====================
+def test_status_file_is_written_before_the_log_line(sc: Scenario) -> None:
+    """Whoever sees job_started/job_finished in the log finds the job in the status file."""
+    d = sc.start([sc.script("ok")])
+    for n in range(1, 4):
+        edit(sc.trees["hyp-1"] / "src" / "app.py")
+        started = d.wait_event("job_started", count=n)[-1]
+        assert d.cell("hyp-1", "ok")["job_id"] == started["job_id"]
+        done = d.wait_event("job_finished", count=n)[-1]
+        cell = d.cell("hyp-1", "ok")
+        assert (cell["job_id"], cell["state"]) == (done["job_id"], done["result"])
+    assert d.stop() == 0
+
+
 def test_edit_reruns_only_affected_script_in_that_hypothesis(sc: Scenario) -> None:
     d = sc.start([sc.script("py", watch=("**/*.py",)), sc.script("docs", watch=("*.md",))])
     edit(sc.trees["hyp-1"] / "src" / "app.py")

@@ -597,8 +597,10 @@ class Daemon:
                 finished_at=None, job_id=job_id, batch_id=req.batch_id,
                 log_path=_path_or_none(log_path),
             )
-            self.log.info("job_started", **common, pid=pid, command=list(argv))
+            # Status first, then the log line: whoever reads the log and then the status
+            # file must find the job there already.
             self._write_status()
+            self.log.info("job_started", **common, pid=pid, command=list(argv))
 
         outcome: JobOutcome
         cancelled = False
@@ -647,6 +649,7 @@ class Daemon:
         )
         if outcome.error_message:
             fields["error"] = outcome.error_message
+        self._write_status()  # before the log line, as for job_started
         level = "info" if outcome.result in ("pass", "cancelled") else "warning"
         getattr(self.log, level)("job_finished", **fields)
         try:
@@ -654,7 +657,6 @@ class Daemon:
         except OSError as exc:
             self.log.warning("run_prune_failed", hypothesis=wt.id, script=script.name,
                              error=str(exc))
-        self._write_status()
 
     # == status ===========================================================================
     def _write_status(self) -> None:
