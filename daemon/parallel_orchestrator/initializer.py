@@ -25,6 +25,7 @@ from typing import Any
 
 import tomli_w
 
+from .folders import make_dirs
 from .settings import (
     DEFAULT_COMMAND,
     DEFAULT_WATCH,
@@ -475,7 +476,7 @@ def write_config(output: Path, text: str, force: bool) -> None:
     data = text.encode("utf-8")
     try:
         # 0755 whatever the umask: the daemon refuses a config whose folder others can write.
-        _make_dirs(output.parent)
+        make_dirs(output.parent, 0o755)
     except OSError as exc:
         raise InitError(f"{output.parent}: cannot create folder: {exc.strerror or exc}") from exc
     if not force:
@@ -505,16 +506,6 @@ def write_config(output: Path, text: str, force: bool) -> None:
         tmp.unlink(missing_ok=True)
         raise InitError(f"{output}: cannot replace: {exc.strerror or exc}") from exc
     _fsync_dir(output.parent)
-
-
-def _make_dirs(folder: Path) -> None:
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for path in reversed(missing):
-        path.mkdir(mode=0o755, exist_ok=True)
-        os.chmod(path, 0o755)  # mkdir's mode is still masked by the umask
 
 
 def _write_fd(fd: int, data: bytes, output: Path, *, remove_on_error: Path) -> None:

@@ -13,23 +13,18 @@ from __future__ import annotations
 import codecs
 import os
 from collections import deque
-from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .folders import make_dirs
 
 if TYPE_CHECKING:
     from .runner import JobSpec
 
 
 def make_private_dirs(directory: Path) -> None:
-    """Create ``directory`` and missing parents as 0700 (``mkdir -p`` would use 0777)."""
-    missing = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for d in reversed(missing):
-        with suppress(FileExistsError):  # created concurrently: fine
-            d.mkdir(mode=0o700)
+    """Create ``directory`` and missing parents as 0700: run logs name what is tested."""
+    make_dirs(directory, 0o700)
 
 
 def _open_log(path: Path) -> int:
