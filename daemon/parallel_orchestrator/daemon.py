@@ -24,6 +24,7 @@ from . import __version__, janitor, ledger
 from .batcher import Batch, Batcher
 from .eventlog import configure_logging, get_logger
 from .filters import GitCheckIgnoreError, GitIgnoreOracle, GitInternalsFilter, GlobIgnoreFilter
+from .folders import make_dirs
 from .jobspec import make_spec, prepare_run_files, prune_runs
 from .notify import Notifier
 from .planner import plan
@@ -56,7 +57,7 @@ class DaemonError(Exception):
 def prepare_state_dir(state_dir: Path) -> None:
     """Create the state dir 0700 (it holds test output) and prove it is writable."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(state_dir, 0o700)
         probe = state_dir / f".probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -86,6 +87,7 @@ class Daemon:
         self._roots: list[tuple[str, str]] = []  # (path + "/", hyp), longest first
         self._root_paths: dict[str, str] = {}
         self._locks: dict[str, str] = {}  # index.lock path -> hyp
+        self._lock_of: dict[str, str] = {}  # hyp -> index.lock path
         self._admin_dirs: set[str] = set()  # <common git dir>/worktrees
         self._oracles: dict[str, GitIgnoreOracle] = {}
         self._git_filter = GitInternalsFilter()
@@ -298,14 +300,15 @@ class Daemon:
             key=lambda item: len(item[0]), reverse=True,
         )
         self._root_paths = {os.fsdecode(wt.path): wt.id for wt in new.values()}
-        self._locks = {}
+        self._lock_of = {}
         self._admin_dirs = set()
         for wt in new.values():
             try:
-                self._locks[os.fsdecode(index_lock_path(wt.path))] = wt.id
+                self._lock_of[wt.id] = os.fsdecode(index_lock_path(wt.path))
                 self._admin_dirs.add(os.fsdecode(git_common_dir(wt.path) / "worktrees"))
             except (WorktreeError, OSError) as exc:
                 self.log.warning("git_dir_unknown", hypothesis=wt.id, error=str(exc))
+        self._locks = {lock: hyp for hyp, lock in self._lock_of.items()}
         self.board.set_hypotheses(
             ((wt.id, os.fsdecode(wt.path), wt.branch) for wt in new.values()),
             [s.name for s in self.settings.scripts],
@@ -402,13 +405,8 @@ class Daemon:
         return wt is not None and os.path.lexists(os.path.join(wt.path, rel))
 
     def _is_locked(self, hyp: str) -> bool:
-        wt = self.worktrees.get(hyp)
-        if wt is None:
-            return False
-        for lock, owner in self._locks.items():
-            if owner == hyp:
-                return os.path.exists(lock)
-        return False
+        lock = self._lock_of.get(hyp)
+        return lock is not None and os.path.exists(lock)
 
     def _on_chunk(self, chunk: Chunk) -> None:
         per_hyp: dict[str, set[str]] = {}

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import tomli_w
 
-from . import statusview
+from . import janitor, statusview
 
 DEADLINE_S = 60.0
 
@@ -110,17 +110,7 @@ def _events(log: Path) -> list[dict[str, Any]]:
 
 
 def _leftovers(marker: str) -> list[int]:
-    needle = f"PO_DEMO_MARKER={marker}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
+    return janitor.find_with_env(f"PO_DEMO_MARKER={marker}")
 
 
 def run_demo(keep: bool = False, out: TextIO | None = None) -> int:

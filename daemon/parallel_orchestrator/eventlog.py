@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from .folders import make_dirs
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
@@ -51,7 +53,7 @@ class JsonLineSink:
     def _open(self) -> None:
         assert self._path is not None
         # 0700 like the state dir the log file usually lives in: it names what is tested.
-        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs(self._path.parent, 0o700)
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         st = os.fstat(fd)
         if self._fd is not None:

@@ -172,13 +172,12 @@ def boot_id() -> str:
 
 def has_marker(pid: int, job_id: str) -> bool:
     """Whether ``pid`` runs with exactly ``PO_JOB_ID=<job_id>`` in its environment."""
-    if not job_id:
-        return False
+    return bool(job_id) and _env_has(pid, f"{MARKER_VAR}={job_id}".encode())
+
+
+def _env_has(pid: int, entry: bytes) -> bool:
     data = _read(f"{_PROC}/{pid}/environ")
-    if not data:
-        return False
-    needle = f"{MARKER_VAR}={job_id}".encode()
-    return needle in data.split(b"\0")
+    return bool(data) and entry in data.split(b"\0")
 
 
 def _all_pids() -> list[int]:
@@ -187,8 +186,13 @@ def _all_pids() -> list[int]:
 
 def find_marked(job_id: str) -> list[int]:
     """Every live process carrying this job's marker (full /proc scan: slow, use sparingly)."""
+    return find_with_env(f"{MARKER_VAR}={job_id}") if job_id else []
+
+
+def find_with_env(entry: str) -> list[int]:
+    """Every process but us whose environment holds exactly ``entry`` (``NAME=value``)."""
     me = os.getpid()
-    return [pid for pid in _all_pids() if pid != me and has_marker(pid, job_id)]
+    return [pid for pid in _all_pids() if pid != me and _env_has(pid, entry.encode())]
 
 
 def _children_via_task_files(pid: int) -> list[int] | None:

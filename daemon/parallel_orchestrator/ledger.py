@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import janitor
+from .folders import make_dirs
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ class RecoveredJob:
 
 
 def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    make_dirs(path, 0o700)
+    os.chmod(path, 0o700)  # also when it existed already
 
 
 class Ledger:
