@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check daemon tests benchmarks
+	$(PY) -m ruff format --check daemon tests benchmarks
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

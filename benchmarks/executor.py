@@ -70,8 +70,8 @@ def run_executor(wt: Path, n: int, conc: int) -> None:
 
 
 def run_daemon_style(wt: Path, n: int, conc: int) -> None:
-    from parallel_orchestrator import janitor
-    from parallel_orchestrator.runner import JobSpec, run_job
+    from parallel_orchestrator.jobs import janitor
+    from parallel_orchestrator.jobs.runner import JobSpec, run_job
 
     janitor.become_subreaper()
     env = dict(os.environ)
@@ -116,7 +116,7 @@ def run_asyncio_bare(wt: Path, n: int, conc: int) -> None:
         assert set(codes) == {0}
 
     if sys.version_info < (3, 12):  # same child watcher as ours, so only the API differs
-        from parallel_orchestrator.runner import install_child_watcher
+        from parallel_orchestrator.jobs.runner import install_child_watcher
 
         install_child_watcher()
     asyncio.run(main())
@@ -129,9 +129,17 @@ def run_spawn_in_thread(wt: Path, n: int, conc: int) -> None:
         loop = asyncio.get_running_loop()
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
-            proc = await loop.run_in_executor(pool, lambda: subprocess.Popen(
-                [script], stdin=subprocess.DEVNULL, stdout=w, stderr=w, cwd=wt,
-                start_new_session=True))
+            proc = await loop.run_in_executor(
+                pool,
+                lambda: subprocess.Popen(
+                    [script],
+                    stdin=subprocess.DEVNULL,
+                    stdout=w,
+                    stderr=w,
+                    cwd=wt,
+                    start_new_session=True,
+                ),
+            )
         finally:
             os.close(w)
         os.set_blocking(r, False)
@@ -218,7 +226,10 @@ def child_main(variant: str, wt: Path, n: int, conc: int) -> None:
 def measure(variant: str, wt: Path, n: int, conc: int) -> dict[str, float]:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", variant, str(wt), str(n), str(conc)],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{proc.stderr}")
@@ -230,8 +241,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--child", nargs=4, metavar=("VARIANT", "WT", "N", "CONC"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=4, metavar=("VARIANT", "WT", "N", "CONC"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         variant, wt, n, conc = args.child
@@ -241,8 +253,10 @@ def main() -> int:
     variants = [v for v in args.variants.split(",") if v]
     root = Path(tempfile.mkdtemp(prefix="po-bench-"))
     try:
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-              f"concurrency {args.concurrency}, median of {args.repeat} runs")
+        print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+            f"concurrency {args.concurrency}, median of {args.repeat} runs"
+        )
         for workload, (label, n) in WORKLOADS.items():
             wt = make_worktree(root, workload, n)
             samples: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
@@ -250,20 +264,25 @@ def main() -> int:
                 order = variants[r % len(variants) :] + variants[: r % len(variants)]
                 for v in order:  # rotate so no variant always runs first
                     samples[v].append(measure(v, wt, n, args.concurrency))
-            med = {v: {k: statistics.median(s[k] for s in samples[v])
-                       for k in ("wall", "cpu", "own")}
-                   for v in variants}
+            med = {
+                v: {k: statistics.median(s[k] for s in samples[v]) for k in ("wall", "cpu", "own")}
+                for v in variants
+            }
             print(f"\n({workload}) {label}")
-            print(f"  {'variant':<15} {'wall s':>8} {'cpu s':>8} {'own cpu':>8} {'rss MB':>7}"
-                  f" {'wall/pool':>10} {'wall/spawn':>11}")
+            print(
+                f"  {'variant':<15} {'wall s':>8} {'cpu s':>8} {'own cpu':>8} {'rss MB':>7}"
+                f" {'wall/pool':>10} {'wall/spawn':>11}"
+            )
             for v in variants:
                 rss = max(s["rss_mb"] for s in samples[v])
                 pool = med.get("threadpool", {}).get("wall")
                 floor = med.get("posix_spawn", {}).get("wall")
                 vs_pool = f"{med[v]['wall'] / pool:.2f}x" if pool else "-"
                 vs_floor = f"{med[v]['wall'] / floor:.2f}x" if floor else "-"
-                print(f"  {v:<15} {med[v]['wall']:>8.3f} {med[v]['cpu']:>8.3f}"
-                      f" {med[v]['own']:>8.3f} {rss:>7.1f} {vs_pool:>10} {vs_floor:>11}")
+                print(
+                    f"  {v:<15} {med[v]['wall']:>8.3f} {med[v]['cpu']:>8.3f}"
+                    f" {med[v]['own']:>8.3f} {rss:>7.1f} {vs_pool:>10} {vs_floor:>11}"
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -26,13 +26,18 @@ from pathlib import Path
 
 import tomli_w
 
-MARK_CMD = "date +%s%N >> \"$MARKS\""
+MARK_CMD = 'date +%s%N >> "$MARKS"'
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def git(cwd: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.invalid",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.invalid"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@example.invalid",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@example.invalid",
+    }
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
@@ -121,8 +126,9 @@ class Tool:
 class Ours(Tool):
     name = "parallel-orchestrator"
 
-    def __init__(self, work: Path, target: Path, marks_file: Path, repo: Path,
-                 debounce_ms: int = 20) -> None:
+    def __init__(
+        self, work: Path, target: Path, marks_file: Path, repo: Path, debounce_ms: int = 20
+    ) -> None:
         super().__init__(work, target, marks_file)
         self.repo = repo
         self.debounce_ms = debounce_ms
@@ -131,31 +137,51 @@ class Ours(Tool):
     def start(self) -> None:
         cfg = self.work / "po" / "po.toml"
         cfg.parent.mkdir(mode=0o700, exist_ok=True)
-        cfg.write_text(tomli_w.dumps({
-            "daemon": {"state_dir": "state", "log_file": "daemon.log",
-                       "debounce_ms": self.debounce_ms, "max_batch_wait_ms": 2000,
-                       "run_on_start": False, "on_busy": "queue"},
-            "worktrees": {"repo": os.fsdecode(self.repo)},
-            "scripts": [{"name": "mark", "command": ["sh", "-c", MARK_CMD],
-                         "watch": ["**/*.py"],
-                         "env": {"MARKS": os.fsdecode(self.marks_file)}}],
-        }))
+        cfg.write_text(
+            tomli_w.dumps(
+                {
+                    "daemon": {
+                        "state_dir": "state",
+                        "log_file": "daemon.log",
+                        "debounce_ms": self.debounce_ms,
+                        "max_batch_wait_ms": 2000,
+                        "run_on_start": False,
+                        "on_busy": "queue",
+                    },
+                    "worktrees": {"repo": os.fsdecode(self.repo)},
+                    "scripts": [
+                        {
+                            "name": "mark",
+                            "command": ["sh", "-c", MARK_CMD],
+                            "watch": ["**/*.py"],
+                            "env": {"MARKS": os.fsdecode(self.marks_file)},
+                        }
+                    ],
+                }
+            )
+        )
         cfg.chmod(0o600)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "parallel_orchestrator", "run", "-c", os.fsdecode(cfg)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
 
     def extra(self, saved_at: float) -> float | None:
         """save -> job_started, from the daemon's own log."""
+
         def started() -> float | None:
             for line in reversed(self.log.read_text().splitlines()):
                 e = json.loads(line)
                 if e["event"] == "job_started":
                     ts = e["timestamp"].replace("Z", "+00:00")
                     from datetime import datetime
+
                     t = datetime.fromisoformat(ts).timestamp()
                     return t if t >= saved_at else None
             return None
+
         value = wait_for(started, 5)
         return None if value is None else float(value) - saved_at  # type: ignore[arg-type]
 
@@ -166,9 +192,12 @@ class Entr(Tool):
     def start(self) -> None:
         files = "\n".join(os.fsdecode(p) for p in self.target.parent.glob("*.py")) + "\n"
         self.proc = subprocess.Popen(
-            ["entr", "-n", "-p", "sh", "-c", MARK_CMD], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "MARKS": os.fsdecode(self.marks_file)})
+            ["entr", "-n", "-p", "sh", "-c", MARK_CMD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "MARKS": os.fsdecode(self.marks_file)},
+        )
         assert self.proc.stdin is not None
         self.proc.stdin.write(files.encode())
         self.proc.stdin.close()
@@ -185,11 +214,20 @@ class WatchfilesCli(Tool):
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [find_binary("watchfiles") or "watchfiles", "--filter", "python",
-             "--target-type", "command", f"sh -c '{MARK_CMD}'",
-             os.fsdecode(self.target.parent)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            env={**os.environ, "MARKS": os.fsdecode(self.marks_file)})
+            [
+                find_binary("watchfiles") or "watchfiles",
+                "--filter",
+                "python",
+                "--target-type",
+                "command",
+                f"sh -c '{MARK_CMD}'",
+                os.fsdecode(self.target.parent),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "MARKS": os.fsdecode(self.marks_file)},
+        )
 
 
 def measure_tool(tool: Tool, edits: int, burst: int) -> dict[str, object]:
@@ -244,8 +282,9 @@ def make_repo(work: Path, burst: int) -> tuple[Path, Path]:
     return repo, repo / "pkg" / "mod.py"
 
 
-def idle_and_rss(work: Path, trees: int, files: int, idle_s: float,
-                 debounce_ms: int) -> dict[str, object]:
+def idle_and_rss(
+    work: Path, trees: int, files: int, idle_s: float, debounce_ms: int
+) -> dict[str, object]:
     """Idle CPU and RSS while watching ``trees`` folders of ``files`` files each."""
     base = work / f"big{debounce_ms}"
     paths = []
@@ -258,17 +297,29 @@ def idle_and_rss(work: Path, trees: int, files: int, idle_s: float,
                 (folder / f"f{f}.py").write_bytes(b"")
         paths.append(os.fsdecode(root))
     cfg = base / "po.toml"
-    cfg.write_text(tomli_w.dumps({
-        "daemon": {"state_dir": "state", "log_file": "daemon.log", "debounce_ms": debounce_ms,
-                   "max_batch_wait_ms": max(debounce_ms, 2000), "run_on_start": False},
-        "worktrees": {"repo": "", "paths": paths, "respect_gitignore": False},
-        "scripts": [{"name": "noop", "command": ["true"], "watch": ["**/*.py"]}],
-    }))
+    cfg.write_text(
+        tomli_w.dumps(
+            {
+                "daemon": {
+                    "state_dir": "state",
+                    "log_file": "daemon.log",
+                    "debounce_ms": debounce_ms,
+                    "max_batch_wait_ms": max(debounce_ms, 2000),
+                    "run_on_start": False,
+                },
+                "worktrees": {"repo": "", "paths": paths, "respect_gitignore": False},
+                "scripts": [{"name": "noop", "command": ["true"], "watch": ["**/*.py"]}],
+            }
+        )
+    )
     cfg.chmod(0o600)
     base.chmod(0o700)
     proc = subprocess.Popen(
         [sys.executable, "-m", "parallel_orchestrator", "run", "-c", os.fsdecode(cfg)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         status = base / "state" / "status.json"
         wait_for(lambda: status.exists() and '"idle"' in status.read_text(), 120)
@@ -276,9 +327,13 @@ def idle_and_rss(work: Path, trees: int, files: int, idle_s: float,
         c0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(idle_s)
         c1, t1 = cpu_seconds(proc.pid), time.monotonic()
-        return {"trees": trees, "files_per_tree": files, "debounce_ms": debounce_ms,
-                "idle_cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 3),
-                "rss_mb": round(rss_mb(proc.pid), 1)}
+        return {
+            "trees": trees,
+            "files_per_tree": files,
+            "debounce_ms": debounce_ms,
+            "idle_cpu_pct": round(100 * (c1 - c0) / (t1 - t0), 3),
+            "rss_mb": round(rss_mb(proc.pid), 1),
+        }
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -309,16 +364,22 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         print()
-        print(f"{'tool':<22} {'plain p50/p90 ms':>17} {'atomic p50/p90 ms':>18} "
-              f"{'runs per burst':>15}")
+        print(
+            f"{'tool':<22} {'plain p50/p90 ms':>17} {'atomic p50/p90 ms':>18} "
+            f"{'runs per burst':>15}"
+        )
         for r in rows:
-            print(f"{r['tool']:<22} {r['plain_p50_ms']:>8}/{r['plain_p90_ms']:<8} "
-                  f"{r['atomic_p50_ms']:>9}/{r['atomic_p90_ms']:<8} {r['runs_per_burst']!s:>15}")
+            print(
+                f"{r['tool']:<22} {r['plain_p50_ms']:>8}/{r['plain_p90_ms']:<8} "
+                f"{r['atomic_p50_ms']:>9}/{r['atomic_p90_ms']:<8} {r['runs_per_burst']!s:>15}"
+            )
         ours = rows[0]
         for r in rows[1:]:
-            print(f"ratio p50 plain ours/{r['tool']}: "
-                  f"{ours['plain_p50_ms'] / r['plain_p50_ms']:.2f}  atomic: "  # type: ignore[operator]
-                  f"{ours['atomic_p50_ms'] / r['atomic_p50_ms']:.2f}")  # type: ignore[operator]
+            print(
+                f"ratio p50 plain ours/{r['tool']}: "
+                f"{ours['plain_p50_ms'] / r['plain_p50_ms']:.2f}  atomic: "  # type: ignore[operator]
+                f"{ours['atomic_p50_ms'] / r['atomic_p50_ms']:.2f}"
+            )  # type: ignore[operator]
         for debounce in (20, 200):
             idle = idle_and_rss(work, trees, files, idle_s, debounce)
             print(json.dumps(idle), flush=True)

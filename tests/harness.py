@@ -16,8 +16,10 @@ from typing import Any
 import tomli_w
 
 GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
     "GIT_CONFIG_NOSYSTEM": "1",
 }
 STARTUP_TIMEOUT_S = 60.0
@@ -30,8 +32,9 @@ def git(cwd: Path, *args: str) -> str:
     return out.stdout.decode("utf-8", "replace")
 
 
-def make_repo(root: Path, hypotheses: Iterable[str] = ("hyp-1", "hyp-2"),
-              files: dict[str, str] | None = None) -> tuple[Path, dict[str, Path]]:
+def make_repo(
+    root: Path, hypotheses: Iterable[str] = ("hyp-1", "hyp-2"), files: dict[str, str] | None = None
+) -> tuple[Path, dict[str, Path]]:
     """A main worktree ``root/repo`` plus one linked worktree ``root/<hyp>`` per hypothesis."""
     repo = root / "repo"
     repo.mkdir(parents=True)
@@ -49,8 +52,13 @@ def make_repo(root: Path, hypotheses: Iterable[str] = ("hyp-1", "hyp-2"),
     return repo, trees
 
 
-def write_config(path: Path, repo: Path, scripts: list[dict[str, Any]],
-                 worktrees: dict[str, Any] | None = None, **daemon: Any) -> Path:
+def write_config(
+    path: Path,
+    repo: Path,
+    scripts: list[dict[str, Any]],
+    worktrees: dict[str, Any] | None = None,
+    **daemon: Any,
+) -> Path:
     """A config file (mode 0600) next to which the daemon keeps ``state/`` and ``daemon.log``;
     ``worktrees`` adds keys to the ``[worktrees]`` table, ``daemon`` to ``[daemon]``."""
     doc = {
@@ -71,8 +79,12 @@ def write_config(path: Path, repo: Path, scripts: list[dict[str, Any]],
     return path
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = EVENT_TIMEOUT_S,
-               interval: float = 0.02, what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = EVENT_TIMEOUT_S,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -95,8 +107,11 @@ class DaemonProcess:
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "parallel_orchestrator", "run", "-c", os.fsdecode(config)],
-            cwd=self.folder, env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr,
+            cwd=self.folder,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
         )
         self.exit_code: int | None = None
 
@@ -109,8 +124,13 @@ class DaemonProcess:
                 out.append(event)
         return out
 
-    def wait_event(self, name: str, where: Callable[[dict[str, Any]], bool] = lambda e: True,
-                   count: int = 1, timeout: float = EVENT_TIMEOUT_S) -> list[dict[str, Any]]:
+    def wait_event(
+        self,
+        name: str,
+        where: Callable[[dict[str, Any]], bool] = lambda e: True,
+        count: int = 1,
+        timeout: float = EVENT_TIMEOUT_S,
+    ) -> list[dict[str, Any]]:
         def found() -> list[dict[str, Any]] | None:
             self._check_alive()
             hits = [e for e in self.events(name) if where(e)]
@@ -131,9 +151,14 @@ class DaemonProcess:
     def status(self) -> dict[str, Any]:
         return json.loads(self.status_path.read_text())
 
-    def wait_status(self, predicate: Callable[[dict[str, Any]], Any],
-                    timeout: float = EVENT_TIMEOUT_S, what: str = "status") -> dict[str, Any]:
+    def wait_status(
+        self,
+        predicate: Callable[[dict[str, Any]], Any],
+        timeout: float = EVENT_TIMEOUT_S,
+        what: str = "status",
+    ) -> dict[str, Any]:
         """The first status document satisfying ``predicate`` (read as a user would)."""
+
         def found() -> dict[str, Any] | None:
             self._check_alive()
             try:
@@ -192,13 +217,19 @@ class DaemonProcess:
         return self.exit_code
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 60.0,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m parallel_orchestrator <args>`` to completion, output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "parallel_orchestrator", *args], cwd=cwd,
-        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "parallel_orchestrator", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

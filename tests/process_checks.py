@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from parallel_orchestrator import janitor
+from parallel_orchestrator.jobs import janitor
 
 
 def running(pid: int, start_time: int | None = None) -> bool:

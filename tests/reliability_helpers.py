@@ -152,9 +152,11 @@ def events_after(d: DaemonProcess, name: str, after: int) -> list[dict[str, Any]
     return [e for e in d.events()[after:] if e["event"] == name]
 
 
-def wait_cell(d: DaemonProcess, hyp: str, script: str, *states: str,
-              where: Any = None, timeout: float = 30.0) -> dict[str, Any]:
+def wait_cell(
+    d: DaemonProcess, hyp: str, script: str, *states: str, where: Any = None, timeout: float = 30.0
+) -> dict[str, Any]:
     """Wait until the status cell is in one of ``states`` (and ``where(cell)`` holds)."""
+
     def check() -> dict[str, Any] | None:
         d._check_alive()
         try:
@@ -171,6 +173,7 @@ def wait_cell(d: DaemonProcess, hyp: str, script: str, *states: str,
 def wait_fresh_ready(d: DaemonProcess, timeout: float = 60.0) -> None:
     """Ready as ``wait_ready``, but only once the status file is this daemon's own: after a
     crash the previous daemon's file still says "running"."""
+
     def ready() -> bool:
         d._check_alive()
         try:
@@ -184,6 +187,7 @@ def wait_fresh_ready(d: DaemonProcess, timeout: float = 60.0) -> None:
 
 def wait_idle(d: DaemonProcess, timeout: float = 30.0) -> int:
     """Wait until every started job has finished and none is queued; the finished count."""
+
     def idle() -> int | None:
         d._check_alive()
         events = d.events()
@@ -197,8 +201,9 @@ def wait_idle(d: DaemonProcess, timeout: float = 30.0) -> int:
         quiet = started <= finished and summary["running"] == summary["queued"] == 0
         return len(finished) if quiet else None
 
-    return wait_until(lambda: (idle(),) if idle() is not None else None, timeout,
-                      what="daemon idle")[0]
+    return wait_until(
+        lambda: (idle(),) if idle() is not None else None, timeout, what="daemon idle"
+    )[0]
 
 
 def observe(seconds: float) -> None:
@@ -215,8 +220,11 @@ def small_tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700",
-                           "tmpfs", os.fsdecode(path)], capture_output=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", os.fsdecode(path)],
+        capture_output=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
     try:
@@ -235,13 +243,11 @@ def read_only(path: Path) -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("a read-only bind mount needs root")
     target = os.fsdecode(path)
-    done = subprocess.run(["mount", "--bind", target, target], capture_output=True,
-                          check=False)
+    done = subprocess.run(["mount", "--bind", target, target], capture_output=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot bind-mount: {done.stderr.decode(errors='replace').strip()}")
     try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True,
-                       capture_output=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True, capture_output=True)
         yield
     finally:
         subprocess.run(["umount", "-l", target], capture_output=True, check=False)

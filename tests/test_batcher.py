@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parallel_orchestrator.batcher import STALE_LOCK_S, UNREPORTED_UNLOCK_S, Batcher
+from parallel_orchestrator.pipeline.batcher import STALE_LOCK_S, UNREPORTED_UNLOCK_S, Batcher
 
 
 def make(locked: set[str] | None = None, debounce: float = 0.2, max_wait: float = 2.0):

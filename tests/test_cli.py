@@ -14,16 +14,26 @@ from harness import make_repo, write_config
 PO = [sys.executable, "-m", "parallel_orchestrator"]
 
 
-def po(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-       timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PO, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def po(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PO, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def scripts(ok_in: str = "hyp-1") -> list[dict[str, object]]:
     return [
-        {"name": "unit", "command": ["sh", "-c", f'test "$PO_HYPOTHESIS" = {ok_in}'],
-         "timeout_s": 20},
+        {
+            "name": "unit",
+            "command": ["sh", "-c", f'test "$PO_HYPOTHESIS" = {ok_in}'],
+            "timeout_s": 20,
+        },
         {"name": "lint", "command": ["true"], "timeout_s": 20},
     ]
 
@@ -61,7 +71,9 @@ def test_once_table_json_filters_and_exit_codes(tmp_path: Path) -> None:
     doc = json.loads(done.stdout)
     assert doc["passed"] is True
     assert {(r["hypothesis"], r["script"]) for r in doc["results"]} == {
-        ("hyp-1", "unit"), ("hyp-1", "lint")}
+        ("hyp-1", "unit"),
+        ("hyp-1", "lint"),
+    }
     assert all(Path(r["log_path"]).exists() for r in doc["results"])
 
     done = po("once", "-c", str(cfg), "--script", "lint", "--json")
@@ -74,10 +86,14 @@ def test_once_table_json_filters_and_exit_codes(tmp_path: Path) -> None:
 
 def test_once_reports_timeout_and_missing_command(tmp_path: Path) -> None:
     repo, _ = make_repo(tmp_path, hypotheses=())
-    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [
-        {"name": "slow", "command": ["sleep", "30"], "timeout_s": 0.5, "kill_grace_s": 0.5},
-        {"name": "ghost", "command": ["./no-such-script.sh"]},
-    ])
+    cfg = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [
+            {"name": "slow", "command": ["sleep", "30"], "timeout_s": 0.5, "kill_grace_s": 0.5},
+            {"name": "ghost", "command": ["./no-such-script.sh"]},
+        ],
+    )
     done = po("once", "-c", str(cfg), "--json")
     assert done.returncode == 1
     results = {r["script"]: r for r in json.loads(done.stdout)["results"]}
@@ -90,15 +106,47 @@ def test_status_exit_codes(tmp_path: Path) -> None:
     missing = tmp_path / "status.json"
     done = po("status", "--status-file", str(missing))
     assert done.returncode == 3 and str(missing) in done.stderr
-    doc = {"schema_version": 1,
-           "daemon": {"pid": 999999, "version": "0", "state": "stopped", "started_at": None,
-                      "updated_at": None, "config_path": None},
-           "hypotheses": {"h": {"path": "/x", "branch": "b", "scripts": {"t": {
-               "state": "pass", "last_result": "pass", "exit_code": 0, "duration_s": 1.5,
-               "started_at": None, "finished_at": None, "job_id": "j", "batch_id": "b",
-               "log_path": None, "output_tail": ""}}}},
-           "summary": {"pass": 1, "fail": 0, "timeout": 0, "error": 0, "cancelled": 0,
-                       "running": 0, "queued": 0, "never_run": 0}}
+    doc = {
+        "schema_version": 1,
+        "daemon": {
+            "pid": 999999,
+            "version": "0",
+            "state": "stopped",
+            "started_at": None,
+            "updated_at": None,
+            "config_path": None,
+        },
+        "hypotheses": {
+            "h": {
+                "path": "/x",
+                "branch": "b",
+                "scripts": {
+                    "t": {
+                        "state": "pass",
+                        "last_result": "pass",
+                        "exit_code": 0,
+                        "duration_s": 1.5,
+                        "started_at": None,
+                        "finished_at": None,
+                        "job_id": "j",
+                        "batch_id": "b",
+                        "log_path": None,
+                        "output_tail": "",
+                    }
+                },
+            }
+        },
+        "summary": {
+            "pass": 1,
+            "fail": 0,
+            "timeout": 0,
+            "error": 0,
+            "cancelled": 0,
+            "running": 0,
+            "queued": 0,
+            "never_run": 0,
+        },
+    }
     missing.write_text(json.dumps(doc))
     done = po("status", "--status-file", str(missing), env={"NO_COLOR": "1"})
     assert done.returncode == 0 and "pass" in done.stdout and "\x1b[" not in done.stdout
@@ -139,15 +187,23 @@ def test_status_finds_the_user_units_state_dir(tmp_path: Path) -> None:
     cfg_dir = home / ".config" / "parallel-orchestrator"
     cfg_dir.mkdir(parents=True, mode=0o700)
     repo, _ = make_repo(tmp_path, hypotheses=())
-    cfg = write_config(cfg_dir / "myproject.toml", repo, scripts(), state_dir="",
-                       log_file="")
+    cfg = write_config(cfg_dir / "myproject.toml", repo, scripts(), state_dir="", log_file="")
     # systemd 252 puts a user unit's StateDirectory=parallel-orchestrator/%i under ~/.config
     state = cfg_dir / "myproject"
     state.mkdir()
-    doc = {"schema_version": 1,
-           "daemon": {"pid": 1, "version": "0", "state": "idle", "started_at": None,
-                      "updated_at": None, "config_path": str(cfg)},
-           "hypotheses": {}, "summary": {}}
+    doc = {
+        "schema_version": 1,
+        "daemon": {
+            "pid": 1,
+            "version": "0",
+            "state": "idle",
+            "started_at": None,
+            "updated_at": None,
+            "config_path": str(cfg),
+        },
+        "hypotheses": {},
+        "summary": {},
+    }
     (state / "status.json").write_text(json.dumps(doc))
     env = {"HOME": str(home), "XDG_CONFIG_HOME": "", "XDG_STATE_HOME": ""}
     done = po("status", "-c", str(cfg), "--json", env=env)
@@ -160,7 +216,11 @@ def test_piping_into_head_is_not_an_error(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "cfg" / "po.toml", repo, scripts())
     done = subprocess.run(
         f"{sys.executable} -m parallel_orchestrator check -c {cfg} | head -c 10",
-        shell=True, capture_output=True, text=True, timeout=60)
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
 
 
@@ -171,14 +231,25 @@ def test_once_stopped_by_sigterm_kills_its_jobs(tmp_path: Path) -> None:
 
     repo, _ = make_repo(tmp_path, hypotheses=())
     pidfile = tmp_path / "job.pid"
-    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [
-        {"name": "long", "command": ["sh", "-c", f'echo $$ > "{pidfile}"; exec sleep 300'],
-         "timeout_s": 300, "kill_grace_s": 1}])
-    proc = subprocess.Popen([*PO, "once", "-c", str(cfg)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cfg = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [
+            {
+                "name": "long",
+                "command": ["sh", "-c", f'echo $$ > "{pidfile}"; exec sleep 300'],
+                "timeout_s": 300,
+                "kill_grace_s": 1,
+            }
+        ],
+    )
+    proc = subprocess.Popen(
+        [*PO, "once", "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 60,
-                   what="the job to start")
+        wait_until(
+            lambda: pidfile.exists() and pidfile.read_text().strip(), 60, what="the job to start"
+        )
         job = int(pidfile.read_text())
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)

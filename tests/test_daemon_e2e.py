@@ -93,8 +93,12 @@ class Scenario:
         self.root = root
         self.repo, self.trees = make_repo(
             root,
-            files={"src/app.py": "VALUE = 1\n", "src/util.py": "X = 2\n",
-                   "README.md": "demo\n", ".gitignore": "build/\n*.log\n"},
+            files={
+                "src/app.py": "VALUE = 1\n",
+                "src/util.py": "X = 2\n",
+                "README.md": "demo\n",
+                ".gitignore": "build/\n*.log\n",
+            },
         )
         self.out = root / "out"
         self.out.mkdir()
@@ -106,12 +110,19 @@ class Scenario:
         self.tag = f"PO_TEST_TAG={uuid.uuid4().hex}"
         self.daemons: list[DaemonProcess] = []
 
-    def script(self, name: str, mode: str = "pass", watch: tuple[str, ...] = ("**/*.py",),
-               **extra: Any) -> dict[str, Any]:
+    def script(
+        self, name: str, mode: str = "pass", watch: tuple[str, ...] = ("**/*.py",), **extra: Any
+    ) -> dict[str, Any]:
         return {
             "name": name,
-            "command": [sys.executable, os.fsdecode(self.tool), mode,
-                        "{hypothesis}", "{worktree}", "{branch}"],
+            "command": [
+                sys.executable,
+                os.fsdecode(self.tool),
+                mode,
+                "{hypothesis}",
+                "{worktree}",
+                "{branch}",
+            ],
             "watch": list(watch),
             "timeout_s": 60,
             "kill_grace_s": 1,
@@ -119,13 +130,15 @@ class Scenario:
             **extra,
         }
 
-    def config(self, scripts: list[dict[str, Any]], worktrees: dict[str, Any] | None = None,
-               **daemon: Any) -> Path:
+    def config(
+        self, scripts: list[dict[str, Any]], worktrees: dict[str, Any] | None = None, **daemon: Any
+    ) -> Path:
         daemon.setdefault("max_concurrency", 8)
         return write_config(self.cfg, self.repo, scripts, worktrees=worktrees, **daemon)
 
-    def start(self, scripts: list[dict[str, Any]], worktrees: dict[str, Any] | None = None,
-              **daemon: Any) -> DaemonProcess:
+    def start(
+        self, scripts: list[dict[str, Any]], worktrees: dict[str, Any] | None = None, **daemon: Any
+    ) -> DaemonProcess:
         self.config(scripts, worktrees, **daemon)
         d = DaemonProcess(self.cfg)
         self.daemons.append(d)
@@ -169,24 +182,33 @@ def edit(path: Path, text: str | None = None) -> None:
     path.write_text(text if text is not None else f"# {uuid.uuid4().hex}\n")
 
 
-def finished(d: DaemonProcess, hyp: str, script: str, count: int = 1,
-             timeout: float = 30.0) -> list[dict[str, Any]]:
-    return d.wait_event("job_finished",
-                        lambda e: e["hypothesis"] == hyp and e["script"] == script,
-                        count=count, timeout=timeout)
+def finished(
+    d: DaemonProcess, hyp: str, script: str, count: int = 1, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    return d.wait_event(
+        "job_finished",
+        lambda e: e["hypothesis"] == hyp and e["script"] == script,
+        count=count,
+        timeout=timeout,
+    )
 
 
 def batch_with(d: DaemonProcess, hyp: str, rel: str, timeout: float = 30.0) -> dict[str, Any]:
-    return d.wait_event("batch_formed",
-                        lambda e: rel in e["hypotheses"].get(hyp, []), timeout=timeout)[-1]
+    return d.wait_event(
+        "batch_formed", lambda e: rel in e["hypotheses"].get(hyp, []), timeout=timeout
+    )[-1]
 
 
 def idle(d: DaemonProcess, timeout: float = 30.0) -> dict[str, Any]:
     """Nothing running or queued, as the status file says."""
     return d.wait_status(
-        lambda s: s["daemon"]["state"] == "idle"
-        and s["summary"]["running"] == 0 and s["summary"]["queued"] == 0,
-        timeout, what="daemon idle",
+        lambda s: (
+            s["daemon"]["state"] == "idle"
+            and s["summary"]["running"] == 0
+            and s["summary"]["queued"] == 0
+        ),
+        timeout,
+        what="daemon idle",
     )
 
 
@@ -202,12 +224,30 @@ def absent_for(seconds: float, check: Any, what: str) -> None:
         time.sleep(0.05)
 
 
-CELL_KEYS = {"state", "last_result", "exit_code", "duration_s", "started_at", "finished_at",
-             "job_id", "batch_id", "log_path", "output_tail"}
-SUMMARY_KEYS = {"pass", "fail", "timeout", "error", "cancelled", "running", "queued",
-                "never_run"}
-FINISHED_KEYS = {"batch_id", "job_id", "hypothesis", "script", "result", "exit_code",
-                 "duration_s", "log_path", "output_tail"}
+CELL_KEYS = {
+    "state",
+    "last_result",
+    "exit_code",
+    "duration_s",
+    "started_at",
+    "finished_at",
+    "job_id",
+    "batch_id",
+    "log_path",
+    "output_tail",
+}
+SUMMARY_KEYS = {"pass", "fail", "timeout", "error", "cancelled", "running", "queued", "never_run"}
+FINISHED_KEYS = {
+    "batch_id",
+    "job_id",
+    "hypothesis",
+    "script",
+    "result",
+    "exit_code",
+    "duration_s",
+    "log_path",
+    "output_tail",
+}
 
 
 def utc(ts: str) -> datetime:
@@ -222,7 +262,8 @@ def test_run_on_start_runs_everything_and_reports_by_contract(sc: Scenario) -> N
     hyps = ["hyp-1", "hyp-2", "repo"]
     events = d.wait_event("job_finished", count=6)
     assert sorted(f"{e['hypothesis']}/{e['script']}" for e in events) == sorted(
-        f"{h}/{s}" for h in hyps for s in ("ok", "bad"))
+        f"{h}/{s}" for h in hyps for s in ("ok", "bad")
+    )
     for e in events:
         assert e.keys() >= FINISHED_KEYS, e
         assert e["result"] == ("pass" if e["script"] == "ok" else "fail")
@@ -232,8 +273,10 @@ def test_run_on_start_runs_everything_and_reports_by_contract(sc: Scenario) -> N
         expected = "all good" if e["script"] == "ok" else "it broke"
         assert f"{expected} {e['hypothesis']}" in e["output_tail"]
 
-    doc = d.wait_status(lambda s: s["summary"]["pass"] == 3 and s["summary"]["fail"] == 3,
-                        what="3 pass + 3 fail in the summary")
+    doc = d.wait_status(
+        lambda s: s["summary"]["pass"] == 3 and s["summary"]["fail"] == 3,
+        what="3 pass + 3 fail in the summary",
+    )
     assert doc["schema_version"] == 1
     assert set(doc) >= {"schema_version", "daemon", "hypotheses", "summary"}
     daemon = doc["daemon"]
@@ -382,8 +425,11 @@ def test_on_busy_ignore_drops_edits_during_a_run(sc: Scenario) -> None:
 # == 4. bursts ============================================================================
 def test_burst_of_files_is_one_batch_and_one_run(sc: Scenario) -> None:
     # A generous debounce: on this noisy machine the writer itself may stall briefly.
-    d = sc.start([sc.script("py"), sc.script("docs", watch=("**/*.md",))],
-                 debounce_ms=400, max_batch_wait_ms=20000)
+    d = sc.start(
+        [sc.script("py"), sc.script("docs", watch=("**/*.md",))],
+        debounce_ms=400,
+        max_batch_wait_ms=20000,
+    )
     gen = sc.trees["hyp-1"] / "src" / "gen"
     gen.mkdir()
     names = [f"src/gen/m{i:03}.py" for i in range(500)]
@@ -420,8 +466,9 @@ def test_git_checkout_of_many_files_is_one_batch_and_one_run(sc: Scenario) -> No
     assert set(names) | {"src/app.py"} <= changed
     assert jobs_of(d) == ["hyp-2/py"]
     # The status follows the branch switch.
-    d.wait_status(lambda s: s["hypotheses"]["hyp-2"]["branch"] == "many",
-                  what="hyp-2 shown on branch many")
+    d.wait_status(
+        lambda s: s["hypotheses"]["hyp-2"]["branch"] == "many", what="hyp-2 shown on branch many"
+    )
 
 
 # == 5. atomic saves, deletes, renames ====================================================
@@ -448,11 +495,19 @@ def test_atomic_save_delete_and_rename_count(sc: Scenario) -> None:
 
 # == 6. ignored paths =====================================================================
 def test_ignored_paths_start_nothing(sc: Scenario) -> None:
-    d = sc.start([sc.script("all", watch=("**",))],
-                 worktrees={"ignore": ["node_modules", "*.tmp", "scratch/**"]})
+    d = sc.start(
+        [sc.script("all", watch=("**",))],
+        worktrees={"ignore": ["node_modules", "*.tmp", "scratch/**"]},
+    )
     wt = sc.trees["hyp-1"]
-    ignored = ["build/out.py", "debug.log", "src/trace.log", "node_modules/pkg/m.py",
-               "src/x.tmp", "scratch/a/b.py"]
+    ignored = [
+        "build/out.py",
+        "debug.log",
+        "src/trace.log",
+        "node_modules/pkg/m.py",
+        "src/x.tmp",
+        "scratch/a/b.py",
+    ]
     for rel in ignored:
         edit(wt / rel)
     edit(sc.repo / ".git" / "po-test-internal")
@@ -463,8 +518,9 @@ def test_ignored_paths_start_nothing(sc: Scenario) -> None:
         batch = batch_with(d, "hyp-1", f"sentinel{n}.py")
         finished(d, "hyp-1", "all", count=n)
     idle(d)
-    seen = {p for b in d.events("batch_formed") for paths in b["hypotheses"].values()
-            for p in paths}
+    seen = {
+        p for b in d.events("batch_formed") for paths in b["hypotheses"].values() for p in paths
+    }
     assert seen == {"sentinel1.py", "sentinel2.py"}, seen
     assert batch["jobs"] == ["hyp-1/all"]
     assert jobs_of(d) == ["hyp-1/all", "hyp-1/all"]
@@ -488,8 +544,11 @@ def test_index_lock_defers_changes_until_git_is_done(sc: Scenario) -> None:
     wt = sc.trees["hyp-1"]
     edit(wt / "src" / "app.py")
     edit(wt / "src" / "new.py")
-    absent_for(1.5, lambda: d.events("job_started") or d.events("batch_formed"),
-               "nothing may start while index.lock exists")
+    absent_for(
+        1.5,
+        lambda: d.events("job_started") or d.events("batch_formed"),
+        "nothing may start while index.lock exists",
+    )
     lock.unlink()
     (done,) = finished(d, "hyp-1", "py")
     idle(d)
@@ -518,23 +577,29 @@ def test_worktree_added_and_removed_live(sc: Scenario) -> None:
     # hyp-2 removed by git, hyp-3's folder deleted behind git's back.
     edit(sc.trees["hyp-2"] / "src" / "app.py")
     edit(new / "src" / "app.py")
-    running = {e["hypothesis"]: e for e in d.wait_event(
-        "job_started", lambda e: e["hypothesis"] in ("hyp-2", "hyp-3"), count=3)}
+    running = {
+        e["hypothesis"]: e
+        for e in d.wait_event(
+            "job_started", lambda e: e["hypothesis"] in ("hyp-2", "hyp-3"), count=3
+        )
+    }
     assert running["hyp-3"]["job_id"] != done["job_id"]
     pids = {hyp: sc.record(e["job_id"])["pid"] for hyp, e in running.items()}
     for hyp, remove in (
-        ("hyp-2", lambda: git(sc.repo, "worktree", "remove", "--force",
-                              os.fsdecode(sc.trees["hyp-2"]))),
+        (
+            "hyp-2",
+            lambda: git(sc.repo, "worktree", "remove", "--force", os.fsdecode(sc.trees["hyp-2"])),
+        ),
         ("hyp-3", lambda: shutil.rmtree(new)),
     ):
         remove()
         (gone,) = d.wait_event("worktree_removed", lambda e, hyp=hyp: e["hypothesis"] == hyp)
         assert gone["path"] == os.path.realpath(sc.root / hyp) and gone["branch"] == hyp
-        (cut,) = d.wait_event("job_finished",
-                              lambda e, hyp=hyp: e["job_id"] == running[hyp]["job_id"])
+        (cut,) = d.wait_event(
+            "job_finished", lambda e, hyp=hyp: e["job_id"] == running[hyp]["job_id"]
+        )
         assert cut["result"] == "cancelled"
-        wait_until(lambda hyp=hyp: pids[hyp] not in sc.leftovers(), 10,
-                   what=f"{hyp}'s job gone")
+        wait_until(lambda hyp=hyp: pids[hyp] not in sc.leftovers(), 10, what=f"{hyp}'s job gone")
         d.wait_status(lambda s, hyp=hyp: hyp not in s["hypotheses"], what=f"{hyp} dropped")
 
     # The others are still served.
@@ -550,8 +615,9 @@ def test_sighup_reload_good_and_bad(sc: Scenario) -> None:
     sc.config([sc.script("py"), sc.script("docs", watch=("**/*.md",))])
     d.signal(signal.SIGHUP)
     d.wait_event("config_reloaded")
-    doc = d.wait_status(lambda s: all("docs" in h["scripts"] for h in s["hypotheses"].values()),
-                        what="docs column")
+    doc = d.wait_status(
+        lambda s: all("docs" in h["scripts"] for h in s["hypotheses"].values()), what="docs column"
+    )
     assert doc["hypotheses"]["hyp-1"]["scripts"]["docs"]["state"] == "never_run"
     edit(sc.trees["hyp-1"] / "README.md")
     assert finished(d, "hyp-1", "docs")[0]["result"] == "pass"
@@ -579,8 +645,7 @@ def test_reload_that_cannot_be_applied_keeps_the_old_config(sc: Scenario) -> Non
     blocker = sc.root / "blocker"
     blocker.write_text("a file, so nothing can be created under it")
     good = sc.cfg.read_text()
-    sc.cfg.write_text(good.replace('log_file = "daemon.log"',
-                                   f'log_file = "{blocker}/x.log"'))
+    sc.cfg.write_text(good.replace('log_file = "daemon.log"', f'log_file = "{blocker}/x.log"'))
     d.signal(signal.SIGHUP)
     (bad,) = d.wait_event("config_invalid")
     assert any("log_file" in err for err in bad["errors"]), bad
@@ -598,9 +663,14 @@ def test_reload_that_cannot_be_applied_keeps_the_old_config(sc: Scenario) -> Non
 # == 10. SIGTERM with running jobs ========================================================
 def test_sigterm_cancels_jobs_and_exits_within_grace(sc: Scenario) -> None:
     grace = 1
-    d = sc.start([sc.script("stubborn", "stubborn", kill_grace_s=grace),
-                  sc.script("spawner", "spawn", kill_grace_s=grace)],
-                 worktrees={"include": ["hyp-1"]}, run_on_start=True)
+    d = sc.start(
+        [
+            sc.script("stubborn", "stubborn", kill_grace_s=grace),
+            sc.script("spawner", "spawn", kill_grace_s=grace),
+        ],
+        worktrees={"include": ["hyp-1"]},
+        run_on_start=True,
+    )
     started = d.wait_event("job_started", count=2)
     recs = [sc.record(e["job_id"]) for e in started]  # SIGTERM is ignored from here on
     pids = [r["pid"] for r in recs] + [p for r in recs for p in r.get("grandchildren", [])]

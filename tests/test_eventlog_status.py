@@ -12,9 +12,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from parallel_orchestrator.eventlog import configure_logging, get_logger, reset_logging
-from parallel_orchestrator.jobspec import prune_runs
-from parallel_orchestrator.status import StatusBoard
+from parallel_orchestrator.jobs.spec import prune_runs
+from parallel_orchestrator.report.eventlog import configure_logging, get_logger, reset_logging
+from parallel_orchestrator.report.status import StatusBoard
 
 
 @pytest.fixture(autouse=True)
@@ -121,4 +121,10 @@ def test_prune_runs_keeps_the_newest(tmp_path: Path) -> None:
             os.utime(p, (now - 100 + i, now - 100 + i))
     prune_runs(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "j4.changed", "j4.changed0", "j4.log", "j5.changed", "j5.changed0", "j5.log"]
+        "j4.changed",
+        "j4.changed0",
+        "j4.log",
+        "j5.changed",
+        "j5.changed0",
+        "j5.log",
+    ]

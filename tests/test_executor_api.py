@@ -19,7 +19,7 @@ from parallel_orchestrator.config import (
     TestExecutionResult,
     TestResult,
 )
-from parallel_orchestrator.runner import cut_marker
+from parallel_orchestrator.jobs.runner import cut_marker
 from parallel_orchestrator.test_executor import TestExecutor
 
 
@@ -48,7 +48,11 @@ def worktree(tmp_path: Path) -> Path:
 
 def test_enums_and_defaults_match_the_original() -> None:
     assert [s.value for s in HypothesisStatus] == [
-        "pending", "testing", "falsified", "supported", "inconclusive",
+        "pending",
+        "testing",
+        "falsified",
+        "supported",
+        "inconclusive",
     ]
     assert [r.value for r in TestResult] == ["pass", "fail", "timeout", "error"]
     h = Hypothesis(id="h", description="d")
@@ -65,7 +69,11 @@ def test_enums_and_defaults_match_the_original() -> None:
     assert (c.parallel_overhead_s, c.per_hypothesis_overhead_s, c.kill_grace_s) == (7, 16, 5)
     r = TestExecutionResult(hypothesis_id="h", result=TestResult.PASS, duration=1.0)
     assert (r.stdout, r.stderr, r.exit_code, r.worktree_path, r.error_message) == (
-        "", "", 0, "", "",
+        "",
+        "",
+        0,
+        "",
+        "",
     )
     assert r.metrics == {}
 
@@ -224,12 +232,21 @@ def test_to_dict_is_json_friendly(worktree: Path) -> None:
     assert d["result"] == "fail" and d["exit_code"] == 3 and d["hypothesis_id"] == "bad"
     assert d["worktree_path"] == str(worktree)
     assert set(d) == {
-        "hypothesis_id", "result", "duration", "stdout", "stderr", "exit_code",
-        "worktree_path", "error_message", "metrics",
+        "hypothesis_id",
+        "result",
+        "duration",
+        "stdout",
+        "stderr",
+        "exit_code",
+        "worktree_path",
+        "error_message",
+        "metrics",
     }
     assert json.loads(json.dumps(d)) == d
     e = TestExecutionResult(
-        hypothesis_id="x", result=TestResult.ERROR, duration=0.0,
+        hypothesis_id="x",
+        result=TestResult.ERROR,
+        duration=0.0,
         metrics={"status": HypothesisStatus.FALSIFIED},
     ).to_dict()
     assert e["result"] == "error" and e["metrics"] == {"status": "falsified"}
@@ -290,7 +307,7 @@ async def test_normal_path_touches_no_proc(worktree: Path, monkeypatch: pytest.M
     Scanning /proc costs about 0.5 ms per job on a machine without task/*/children. The
     EOF grace is raised so that a loaded machine cannot push a job onto the slow path.
     """
-    from parallel_orchestrator import janitor, runner
+    from parallel_orchestrator.jobs import janitor, runner
 
     def forbidden(*_args: object, **_kwargs: object) -> object:
         raise AssertionError("the normal path touched /proc")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from parallel_orchestrator.filters import GitIgnoreOracle, GitInternalsFilter, GlobIgnoreFilter
+from parallel_orchestrator.repo.filters import GitIgnoreOracle, GitInternalsFilter, GlobIgnoreFilter
 
 
 def test_git_internals() -> None:
@@ -31,10 +31,21 @@ async def test_gitignore_oracle_uses_git_semantics(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / ".gitignore").write_text("local.txt\n")
     oracle = GitIgnoreOracle(tmp_path)
-    paths = ["a.log", "keep.log", "build/x.o", "sub/local.txt", "src/a.py",
-             "name with space.log", "weird$(x);.py"]
-    assert await oracle.ignored(paths) == {"a.log", "build/x.o", "sub/local.txt",
-                                           "name with space.log"}
+    paths = [
+        "a.log",
+        "keep.log",
+        "build/x.o",
+        "sub/local.txt",
+        "src/a.py",
+        "name with space.log",
+        "weird$(x);.py",
+    ]
+    assert await oracle.ignored(paths) == {
+        "a.log",
+        "build/x.o",
+        "sub/local.txt",
+        "name with space.log",
+    }
     # cached: a second answer needs no git (proved by breaking git's view)
     (tmp_path / ".gitignore").write_text("")
     assert "a.log" in await oracle.ignored(["a.log"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from parallel_orchestrator.initializer import (
+from parallel_orchestrator.commands.initializer import (
     InitError,
     OutputExists,
     find_repo_root,
@@ -25,7 +25,7 @@ from parallel_orchestrator.initializer import (
     render_config,
     write_config,
 )
-from parallel_orchestrator.settings import DEFAULT_COMMAND, load_settings
+from parallel_orchestrator.settings.loader import DEFAULT_COMMAND, load_settings
 
 PYTHON_CHOICES = ("python", "python3")
 

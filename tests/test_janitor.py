@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from parallel_orchestrator import janitor
-from parallel_orchestrator.runner import JobSpec, run_job
+from parallel_orchestrator.jobs import janitor
+from parallel_orchestrator.jobs.runner import JobSpec, run_job
 from process_checks import running, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
@@ -77,9 +77,13 @@ def test_process_start_time_of_a_process_with_odd_name(tmp_path: Path) -> None:
     odd.symlink_to("/bin/sleep")
     proc = subprocess.Popen([str(odd), "30"])
     try:
-        assert wait_until(lambda: (janitor.read_stat(proc.pid) or janitor.ProcStat(
-            0, "", 0, 0, 0, 0)).state in ("S", "R") and b"ird" in Path(
-            f"/proc/{proc.pid}/stat").read_bytes())
+        assert wait_until(
+            lambda: (
+                (janitor.read_stat(proc.pid) or janitor.ProcStat(0, "", 0, 0, 0, 0)).state
+                in ("S", "R")
+                and b"ird" in Path(f"/proc/{proc.pid}/stat").read_bytes()
+            )
+        )
         st = janitor.read_stat(proc.pid)
         assert st is not None and st.ppid == os.getpid()
         start = janitor.process_start_time(proc.pid)
@@ -163,8 +167,9 @@ HARNESS = textwrap.dedent(
     """
     import asyncio, json, os, sys, time
     from pathlib import Path
-    from parallel_orchestrator import janitor, runner
-    from parallel_orchestrator.runner import JobSpec, run_job
+    from parallel_orchestrator.jobs import janitor
+    from parallel_orchestrator.jobs import runner
+    from parallel_orchestrator.jobs.runner import JobSpec, run_job
 
     def running(pid):
         st = janitor.read_stat(pid)
@@ -205,7 +210,10 @@ def run_harness(tmp_path: Path, mode: str) -> dict[str, object]:
     (tmp_path / "harness.py").write_text(HARNESS)
     proc = subprocess.run(
         [sys.executable, str(tmp_path / "harness.py"), mode, str(tmp_path)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)

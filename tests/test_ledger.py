@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from parallel_orchestrator import janitor
-from parallel_orchestrator.ledger import JobRecord, Ledger, recover
+from parallel_orchestrator.jobs import janitor
+from parallel_orchestrator.jobs.ledger import JobRecord, Ledger, recover
 from process_checks import running, wait_until
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -36,7 +36,10 @@ def test_record_is_private_json_and_removed(tmp_path: Path) -> None:
     jobs = tmp_path / "state" / "jobs"
     ledger = Ledger(jobs)
     rec = JobRecord.for_process(
-        job_id="b1/hyp-a/tests", hypothesis="hyp-a", script="tests", pid=os.getpid(),
+        job_id="b1/hyp-a/tests",
+        hypothesis="hyp-a",
+        script="tests",
+        pid=os.getpid(),
         batch_id="b1",
     )
     path = ledger.add(rec)
@@ -94,8 +97,14 @@ def test_recover_never_signals_a_reused_pid(
     real_start = janitor.process_start_time(bystander.pid)
     assert real_start is not None
     record = JobRecord(
-        job_id=f"old-{uuid.uuid4().hex}", hypothesis="h", script="s", pid=bystander.pid,
-        pgid=bystander.pid, start_time=real_start - 1, batch_id="b", started_at=0.0,
+        job_id=f"old-{uuid.uuid4().hex}",
+        hypothesis="h",
+        script="s",
+        pid=bystander.pid,
+        pgid=bystander.pid,
+        start_time=real_start - 1,
+        batch_id="b",
+        started_at=0.0,
         boot_id=janitor.boot_id(),
     )
     Ledger(tmp_path / "jobs").add(record)
@@ -110,11 +119,13 @@ def test_recover_ignores_records_from_another_boot(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     job_id = f"boot-{uuid.uuid4().hex}"
-    proc = subprocess.Popen(["sleep", "300"], env={**ENV, "PO_JOB_ID": job_id},
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["sleep", "300"], env={**ENV, "PO_JOB_ID": job_id}, start_new_session=True
+    )
     procs.append(proc)
-    rec = JobRecord.for_process(job_id=job_id, hypothesis="h", script="s", pid=proc.pid,
-                                batch_id="b")
+    rec = JobRecord.for_process(
+        job_id=job_id, hypothesis="h", script="s", pid=proc.pid, batch_id="b"
+    )
     Ledger(tmp_path / "jobs").add(JobRecord(**{**rec.__dict__, "boot_id": "another-boot"}))
     found = recover(tmp_path / "jobs")
     assert found[0].killed == () and proc.poll() is None
@@ -129,9 +140,17 @@ def test_recover_skips_marked_processes_older_than_the_leader(
     procs.append(older)
     older_start = janitor.process_start_time(older.pid)
     assert older_start is not None
-    rec = JobRecord(job_id=job_id, hypothesis="h", script="s", pid=2**22 + 7, pgid=2**22 + 7,
-                    start_time=older_start + 1, batch_id="b", started_at=0.0,
-                    boot_id=janitor.boot_id())
+    rec = JobRecord(
+        job_id=job_id,
+        hypothesis="h",
+        script="s",
+        pid=2**22 + 7,
+        pgid=2**22 + 7,
+        start_time=older_start + 1,
+        batch_id="b",
+        started_at=0.0,
+        boot_id=janitor.boot_id(),
+    )
     Ledger(tmp_path / "jobs").add(rec)
     found = recover(tmp_path / "jobs")
     assert found[0].killed == () and older.poll() is None

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from parallel_orchestrator.notify import Notifier
+from parallel_orchestrator.service.notify import Notifier
 
 RECV_TIMEOUT_S = 10.0
 
@@ -75,8 +75,11 @@ def test_path_socket_receives_ready_from_this_process(
     assert notifier.ready() is True
     data, ancdata, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(12))
     assert data == b"READY=1"
-    creds = [d for level, kind, d in ancdata
-             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
+    creds = [
+        d
+        for level, kind, d in ancdata
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+    ]
     assert creds, "no SCM_CREDENTIALS attached"
     pid, _uid, _gid = struct.unpack("3i", creds[0][:12])
     assert pid == os.getpid()
@@ -135,8 +138,14 @@ def test_nothing_is_sent_without_notify_socket(
     notifier = Notifier({"WATCHDOG_USEC": "400000"})
     assert not notifier.enabled
     with capture_logs() as logs:
-        results = [notifier.ready(), notifier.status("x"), notifier.watchdog(),
-                   notifier.reloading(), notifier.stopping(), notifier.send("A=1")]
+        results = [
+            notifier.ready(),
+            notifier.status("x"),
+            notifier.watchdog(),
+            notifier.reloading(),
+            notifier.stopping(),
+            notifier.send("A=1"),
+        ]
     assert results == [False] * 6
     assert logs == []
     assert pending(sock) == []

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from parallel_orchestrator.pathglob import compile_glob, matches_any
-from parallel_orchestrator.planner import affected_scripts, plan
-from parallel_orchestrator.settings import ScriptSettings
+from parallel_orchestrator.pipeline.planner import affected_scripts, plan
+from parallel_orchestrator.repo.pathglob import compile_glob, matches_any
+from parallel_orchestrator.settings.loader import ScriptSettings
 
 
 @pytest.mark.parametrize(

@@ -112,17 +112,21 @@ out.write(b"TAIL-MARK\\n")
 def test_300mb_flood_keeps_daemon_memory_and_run_log_bounded(tmp_path: Path, daemons) -> None:
     repo, _ = make_repo(tmp_path, hypotheses=())
     cmd = write_script(tmp_path / "scripts", "flood.py", FLOOD)
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "flood", "command": cmd, "watch": ["**/*.py"],
-                            "timeout_s": 240}])
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "flood", "command": cmd, "watch": ["**/*.py"], "timeout_s": 240}],
+    )
     d = daemons(config)
     d.wait_ready()
     before_kb = hwm_kb(d.proc.pid)
     touch_edit(repo / "src" / "app.py")
     done = d.wait_event("job_finished", timeout=240)[0]
     peak_kb = hwm_kb(d.proc.pid)
-    print(f"\nflood: daemon VmHWM before {before_kb} kB, after {FLOOD_MB} MB: {peak_kb} kB, "
-          f"VmRSS now {rss_kb(d.proc.pid)} kB")
+    print(
+        f"\nflood: daemon VmHWM before {before_kb} kB, after {FLOOD_MB} MB: {peak_kb} kB, "
+        f"VmRSS now {rss_kb(d.proc.pid)} kB"
+    )
     assert done["result"] == "pass", done
     assert peak_kb < RSS_BOUND_KB, f"daemon peaked at {peak_kb} kB during a {FLOOD_MB} MB flood"
 
@@ -168,20 +172,26 @@ def _escape_setup(tmp_path: Path, mode: str, tag_env) -> tuple[Path, Path, str]:
     repo, _ = make_repo(tmp_path, hypotheses=())
     cmd = [*write_script(tmp_path / "scripts", "escape.py", ESCAPE), mode]
     marker, env = tag_env()
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "esc", "command": cmd, "watch": ["**/*.py"],
-                            "env": env, "kill_grace_s": 1}])
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "esc", "command": cmd, "watch": ["**/*.py"], "env": env, "kill_grace_s": 1}],
+    )
     return repo, config, marker
 
 
 def _escapees(marker: str) -> list[int]:
     """Job processes that are not the leader itself: the two sleeps."""
-    return [p for p in processes_with_env(marker)
-            if Path(f"/proc/{p}/comm").read_text().strip() == "sleep"]
+    return [
+        p
+        for p in processes_with_env(marker)
+        if Path(f"/proc/{p}/comm").read_text().strip() == "sleep"
+    ]
 
 
-def test_setsid_and_double_fork_escapees_die_with_their_job(tmp_path: Path, daemons,
-                                                            tag_env) -> None:
+def test_setsid_and_double_fork_escapees_die_with_their_job(
+    tmp_path: Path, daemons, tag_env
+) -> None:
     repo, config, marker = _escape_setup(tmp_path, "exit", tag_env)
     d = daemons(config)
     d.wait_ready()
@@ -230,22 +240,25 @@ if mode == "stay":
 
 
 @pytest.mark.parametrize("mode", ["exit", "stay"])
-def test_unmarked_escapee_dies_once_the_daemon_is_idle_or_stops(tmp_path: Path, daemons,
-                                                                mode: str) -> None:
+def test_unmarked_escapee_dies_once_the_daemon_is_idle_or_stops(
+    tmp_path: Path, daemons, mode: str
+) -> None:
     repo, _ = make_repo(tmp_path, hypotheses=())
     pidfile = tmp_path / "escapee.pid"
-    cmd = [*write_script(tmp_path / "scripts", "unmarked.py", UNMARKED),
-           os.fsdecode(pidfile), mode]
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "u", "command": cmd, "watch": ["**/*.py"],
-                            "kill_grace_s": 1}])
+    cmd = [*write_script(tmp_path / "scripts", "unmarked.py", UNMARKED), os.fsdecode(pidfile), mode]
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "u", "command": cmd, "watch": ["**/*.py"], "kill_grace_s": 1}],
+    )
     d = daemons(config)
     escapee = 0
     try:
         d.wait_ready()
         touch_edit(repo / "src" / "app.py")
-        escapee = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(),
-                                 what="escapee started"))
+        escapee = int(
+            wait_until(lambda: pidfile.exists() and pidfile.read_text(), what="escapee started")
+        )
         assert b"PO_JOB_ID" not in Path(f"/proc/{escapee}/environ").read_bytes()
         if mode == "exit":
             assert d.wait_event("job_finished")[0]["result"] == "pass"
@@ -267,9 +280,12 @@ def test_unmarked_escapee_dies_once_the_daemon_is_idle_or_stops(tmp_path: Path, 
 def test_state_is_private_and_there_is_no_listener(tmp_path: Path, daemons) -> None:
     repo, _ = make_repo(tmp_path, hypotheses=())
     cmd = write_script(tmp_path / "scripts", "talk.py", "print('secret test output')\n")
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "talk", "command": cmd, "watch": ["**/*.py"]}],
-                          run_on_start=True)
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "talk", "command": cmd, "watch": ["**/*.py"]}],
+        run_on_start=True,
+    )
     d = daemons(config)
     d.wait_ready()
     done = d.wait_event("job_finished")[0]
@@ -293,11 +309,13 @@ def test_state_is_private_and_there_is_no_listener(tmp_path: Path, daemons) -> N
     assert d.stop() == 0
 
 
-def test_config_writable_by_others_is_refused_with_one_clear_line(tmp_path: Path,
-                                                                   daemons) -> None:
+def test_config_writable_by_others_is_refused_with_one_clear_line(tmp_path: Path, daemons) -> None:
     repo, _ = make_repo(tmp_path, hypotheses=())
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "t", "command": ["true"], "watch": ["**/*.py"]}])
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "t", "command": ["true"], "watch": ["**/*.py"]}],
+    )
     config.chmod(0o666)
     d = daemons(config)
     assert d.proc.wait(60) == 2
@@ -316,8 +334,15 @@ def test_config_writable_by_others_is_refused_with_one_clear_line(tmp_path: Path
 
 # == hostile and odd names ===============================================================
 ODD_TREE = "hyp $(touch PWNED); 'q\"`touch PWNED`"
-ODD_FILES = ["a b.py", "new\nline.py", "$(touch PWNED).py", "x;touch PWNED;.py",
-             "q'uo\"te.py", "-rf.py", "tab\there.py"]
+ODD_FILES = [
+    "a b.py",
+    "new\nline.py",
+    "$(touch PWNED).py",
+    "x;touch PWNED;.py",
+    "q'uo\"te.py",
+    "-rf.py",
+    "tab\there.py",
+]
 BAD_NAME = b"bad\xff\xfename.py"  # not UTF-8: watchfiles 1.3 fails the whole watch on it
 SHOW = """
 import json, os, sys
@@ -346,8 +371,12 @@ def _job_records(out: Path) -> list[dict[str, bytes | list[bytes]]]:
     records = []
     for path in sorted(out.glob("*.json")):
         raw = json.loads(path.read_text())
-        records.append({k: [bytes.fromhex(x) for x in v] if isinstance(v, list)
-                        else bytes.fromhex(v) for k, v in raw.items()})
+        records.append(
+            {
+                k: [bytes.fromhex(x) for x in v] if isinstance(v, list) else bytes.fromhex(v)
+                for k, v in raw.items()
+            }
+        )
     return records
 
 
@@ -381,9 +410,11 @@ def test_hostile_names_are_data_never_shell(tmp_path: Path, daemons) -> None:
     out = tmp_path / "out"
     out.mkdir()
     cmd = [*write_script(tmp_path / "scripts", "show.py", SHOW), "{hypothesis}", "{worktree}"]
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "show", "command": cmd, "watch": ["**/*.py"],
-                            "env": {"OUT": os.fsdecode(out)}}])
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "show", "command": cmd, "watch": ["**/*.py"], "env": {"OUT": os.fsdecode(out)}}],
+    )
     d = daemons(config)
     d.wait_ready()
     assert ODD_TREE in d.status()["hypotheses"]
@@ -402,14 +433,17 @@ def test_hostile_names_are_data_never_shell(tmp_path: Path, daemons) -> None:
     (odd / "src").joinpath(os.fsdecode(BAD_NAME)).write_text("x = 2\n")
     restarted = d.wait_event("watcher_restarted")[0]
     assert "decode" in restarted["reason"]
-    wait_until(lambda: b"src/" + BAD_NAME in _changed_in(out, hyp),
-               what="the non-UTF-8 name delivered")
+    wait_until(
+        lambda: b"src/" + BAD_NAME in _changed_in(out, hyp), what="the non-UTF-8 name delivered"
+    )
 
     # Every worktree is still served after the re-arm.
     for name, tree in (("repo", repo), ("hyp-2", trees["hyp-2"]), (ODD_TREE, odd)):
         touch_edit(tree / "src" / "after.py")
-        wait_until(lambda n=name: b"src/after.py" in _changed_in(out, os.fsencode(n)),
-                   what=f"{name} served after the watcher restart")
+        wait_until(
+            lambda n=name: b"src/after.py" in _changed_in(out, os.fsencode(n)),
+            what=f"{name} served after the watcher restart",
+        )
     assert _pwned(tmp_path, Path.cwd()) == []
     # The jobs read the non-UTF-8 file (an event watchfiles fails on): that must not
     # trigger rerun after rerun. Observed over a window, since it is an absence.
@@ -434,27 +468,35 @@ def test_non_utf8_worktree_and_folder_names_keep_every_worktree_served(
     out = tmp_path / "out"
     out.mkdir()
     cmd = write_script(tmp_path / "scripts", "show.py", SHOW)
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "show", "command": cmd, "watch": ["**/*.py"],
-                            "env": {"OUT": os.fsdecode(out)}}])
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "show", "command": cmd, "watch": ["**/*.py"], "env": {"OUT": os.fsdecode(out)}}],
+    )
     d = daemons(config)
     d.wait_ready()
     ids = {e["hypothesis"] for e in d.events("worktree_added")}
     assert ids == {"repo", "hyp-2", bad_tree.name}
 
     touch_edit(bad_tree / "src" / "app.py")
-    wait_until(lambda: b"src/app.py" in _changed_in(out, b"bad\xffhyp"),
-               what="the non-UTF-8 worktree served")
+    wait_until(
+        lambda: b"src/app.py" in _changed_in(out, b"bad\xffhyp"),
+        what="the non-UTF-8 worktree served",
+    )
     folder = trees["hyp-2"] / "src" / os.fsdecode(b"pkg\xfe")
     folder.mkdir()
     (folder / "mod.py").write_text("x = 1\n")
-    wait_until(lambda: b"src/pkg\xfe/mod.py" in _changed_in(out, b"hyp-2"),
-               what="a file in a non-UTF-8 folder delivered")
+    wait_until(
+        lambda: b"src/pkg\xfe/mod.py" in _changed_in(out, b"hyp-2"),
+        what="a file in a non-UTF-8 folder delivered",
+    )
     assert d.events("watcher_restarted")
     for name, tree in (("repo", repo), ("hyp-2", trees["hyp-2"]), (bad_tree.name, bad_tree)):
         touch_edit(tree / "src" / "later.py")
-        wait_until(lambda n=name: b"src/later.py" in _changed_in(out, os.fsencode(n)),
-                   what=f"{name!r} still served")
+        wait_until(
+            lambda n=name: b"src/later.py" in _changed_in(out, os.fsencode(n)),
+            what=f"{name!r} still served",
+        )
     # The failing watch is not retried in a loop: a handful of restarts, not hundreds.
     assert len(d.events("watcher_restarted")) < 10
     assert {e["result"] for e in d.events("job_finished")} <= {"pass", "cancelled"}
@@ -491,8 +533,10 @@ def test_after_kill_9_the_next_daemon_kills_the_orphans_and_reports_the_job(
     d1.wait_ready()
     touch_edit(repo / "src" / "app.py")
     started = d1.wait_event("job_started")[0]
-    orphans = wait_until(lambda: (lambda p: p if len(p) == 3 else None)(
-        processes_with_env(marker)), what="leader, grandchild and escapee running")
+    orphans = wait_until(
+        lambda: (lambda p: p if len(p) == 3 else None)(processes_with_env(marker)),
+        what="leader, grandchild and escapee running",
+    )
     assert started["pid"] in orphans
     d1.proc.kill()  # SIGKILL: no cleanup of any kind
     d1.proc.wait()
@@ -525,19 +569,32 @@ def test_recovery_never_signals_a_reused_pid(tmp_path: Path, daemons) -> None:
     # The ledger of a dead daemon names a pid that now belongs to an unrelated process
     # (same pid, later start time): the new daemon must leave it alone.
     repo, _ = make_repo(tmp_path, hypotheses=())
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "t", "command": ["true"], "watch": ["**/*.py"]}])
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "t", "command": ["true"], "watch": ["**/*.py"]}],
+    )
     bystander = subprocess.Popen(["sleep", "1000"])
     try:
         st = Path(f"/proc/{bystander.pid}/stat").read_bytes()
-        start_time = int(st[st.rindex(b")") + 2:].split()[19])
+        start_time = int(st[st.rindex(b")") + 2 :].split()[19])
         jobs = config.parent / "state" / "jobs"
         jobs.mkdir(parents=True, mode=0o700)
-        (jobs / "old-j1.json").write_text(json.dumps({
-            "job_id": "old-j1", "hypothesis": "repo", "script": "t", "pid": bystander.pid,
-            "pgid": bystander.pid, "start_time": start_time - 1, "batch_id": "old-b1",
-            "started_at": 0.0,
-            "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}))
+        (jobs / "old-j1.json").write_text(
+            json.dumps(
+                {
+                    "job_id": "old-j1",
+                    "hypothesis": "repo",
+                    "script": "t",
+                    "pid": bystander.pid,
+                    "pgid": bystander.pid,
+                    "start_time": start_time - 1,
+                    "batch_id": "old-b1",
+                    "started_at": 0.0,
+                    "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                }
+            )
+        )
         d = daemons(config)
         d.wait_ready()
         recovered = d.wait_event("job_recovered")[0]
@@ -556,9 +613,11 @@ def test_worktree_deleted_while_its_job_runs(tmp_path: Path, daemons, tag_env) -
     repo, trees = make_repo(tmp_path, hypotheses=("hyp-1", "hyp-2"))
     cmd = write_script(tmp_path / "scripts", "stuck.py", STUCK)
     marker, env = tag_env()
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "stuck", "command": cmd, "watch": ["**/*.py"],
-                            "env": env, "kill_grace_s": 1}])
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "stuck", "command": cmd, "watch": ["**/*.py"], "env": env, "kill_grace_s": 1}],
+    )
     d = daemons(config)
     d.wait_ready()
     touch_edit(trees["hyp-1"] / "src" / "app.py")
@@ -602,12 +661,14 @@ def _fill(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("trouble", ["full", "read-only"])
-def test_state_dir_full_or_read_only_is_logged_and_survived(tmp_path: Path, daemons,
-                                                             trouble: str) -> None:
+def test_state_dir_full_or_read_only_is_logged_and_survived(
+    tmp_path: Path, daemons, trouble: str
+) -> None:
     repo, _ = make_repo(tmp_path, hypotheses=())
     cmd = write_script(tmp_path / "scripts", "ok.py", "print('ok')\n")
-    config = write_config(tmp_path / "cfg" / "po.toml", repo,
-                          [{"name": "ok", "command": cmd, "watch": ["**/*.py"]}])
+    config = write_config(
+        tmp_path / "cfg" / "po.toml", repo, [{"name": "ok", "command": cmd, "watch": ["**/*.py"]}]
+    )
     state = config.parent / "state"
     with small_tmpfs(state, "512k"):
         d = daemons(config)
@@ -628,8 +689,9 @@ def test_state_dir_full_or_read_only_is_logged_and_survived(tmp_path: Path, daem
         assert second["result"] == "pass", second
         assert second["output_tail"] == "ok\n"
         # ... while the status file cannot be written: said once per failure, with why.
-        failed = wait_until(lambda: events_after(d, "status_write_failed", mark),
-                            what="status_write_failed")[0]
+        failed = wait_until(
+            lambda: events_after(d, "status_write_failed", mark), what="status_write_failed"
+        )[0]
         assert failed["path"] == os.fsdecode(d.status_path)
         expected = "No space left" if trouble == "full" else "Read-only file system"
         assert expected in failed["error"], failed
@@ -639,8 +701,10 @@ def test_state_dir_full_or_read_only_is_logged_and_survived(tmp_path: Path, daem
             filler.unlink()
         trouble_ctx.close()
         # The daemon retries: the status file catches up without any new edit ...
-        wait_until(lambda: d.cell("repo", "ok")["job_id"] == second["job_id"],
-                   what="the status file written again")
+        wait_until(
+            lambda: d.cell("repo", "ok")["job_id"] == second["job_id"],
+            what="the status file written again",
+        )
         recovered = d.wait_event("status_write_recovered")[0]
         assert recovered["previous_error"].split("]")[0] == failed["error"].split("]")[0]
         # ... the failure was reported, not repeated on every retry ...

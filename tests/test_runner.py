@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from parallel_orchestrator import janitor, leaderwatch, runner, spawner
-from parallel_orchestrator.runner import JobSpec, cut_marker, run_job
+from parallel_orchestrator.jobs import janitor, leaderwatch, runner, spawner
+from parallel_orchestrator.jobs.runner import JobSpec, cut_marker, run_job
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
 
@@ -145,8 +145,9 @@ async def test_cancellation_does_not_orphan(tmp_path: Path) -> None:
         """,
     )
     task = asyncio.create_task(run_job(spec(tmp_path, str(job), kill_grace_s=0.3)))
-    assert await wait_until(lambda: (tmp_path / "pids").exists() and len(
-        (tmp_path / "pids").read_text().split()) == 2)
+    assert await wait_until(
+        lambda: (tmp_path / "pids").exists() and len((tmp_path / "pids").read_text().split()) == 2
+    )
     leader, gc = (int(x) for x in (tmp_path / "pids").read_text().split())
     gc_start = janitor.process_start_time(gc)
     task.cancel()
@@ -267,8 +268,14 @@ async def test_default_merges_stderr_into_one_stream_and_log(tmp_path: Path) -> 
     """The daemon's shape (split_stderr off): one pipe, so the log keeps the line order."""
     log = tmp_path / "run.log"
     out = await run_job(
-        spec(tmp_path, "sh", "-c", "echo out; echo err >&2; echo out2", log_path=log,
-             capture_bytes=1024)
+        spec(
+            tmp_path,
+            "sh",
+            "-c",
+            "echo out; echo err >&2; echo out2",
+            log_path=log,
+            capture_bytes=1024,
+        )
     )
     assert log.read_text() == "out\nerr\nout2\n"
     assert out.output_tail == out.output == "out\nerr\nout2\n"
@@ -281,8 +288,15 @@ async def test_default_merges_stderr_into_one_stream_and_log(tmp_path: Path) -> 
 async def test_split_stderr_reports_the_streams_apart(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
     out = await run_job(
-        spec(tmp_path, "sh", "-c", "echo out; echo err >&2; exit 3", split_stderr=True,
-             capture_bytes=1 << 20, log_path=log)
+        spec(
+            tmp_path,
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+            split_stderr=True,
+            capture_bytes=1 << 20,
+            log_path=log,
+        )
     )
     assert (out.result, out.exit_code) == ("fail", 3)
     assert (out.output, out.stderr_output) == ("out\n", "err\n")
@@ -292,9 +306,7 @@ async def test_split_stderr_reports_the_streams_apart(tmp_path: Path) -> None:
     assert sorted(log.read_text().splitlines()) == ["err", "out"]
 
 
-async def test_split_stderr_without_pidfd(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_split_stderr_without_pidfd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spawner, "_pidfd_ok", False)
     out = await run_job(
         spec(tmp_path, "sh", "-c", "echo out; echo err >&2", split_stderr=True, capture_bytes=64)
@@ -305,8 +317,14 @@ async def test_split_stderr_without_pidfd(
 async def test_large_capture_keeps_head_and_tail_with_marker(tmp_path: Path) -> None:
     cap = 1 << 20
     out = await run_job(
-        spec(tmp_path, "sh", "-c", "echo small; seq 1 500000 >&2", split_stderr=True,
-             capture_bytes=cap)
+        spec(
+            tmp_path,
+            "sh",
+            "-c",
+            "echo small; seq 1 500000 >&2",
+            split_stderr=True,
+            capture_bytes=cap,
+        )
     )
     full = subprocess.run(["seq", "1", "500000"], capture_output=True, check=True).stdout
     assert len(full) > 3 * cap
@@ -323,8 +341,14 @@ async def test_large_capture_keeps_head_and_tail_with_marker(tmp_path: Path) -> 
 async def test_capture_cut_does_not_split_characters(tmp_path: Path) -> None:
     # 1000 two-byte characters; a 1002-byte capture cuts both halves mid-character.
     out = await run_job(
-        spec(tmp_path, sys.executable, "-c", "print('\u00e9' * 1000, end='')",
-             env={**ENV, "PYTHONIOENCODING": "utf-8"}, capture_bytes=1002)
+        spec(
+            tmp_path,
+            sys.executable,
+            "-c",
+            "print('\u00e9' * 1000, end='')",
+            env={**ENV, "PYTHONIOENCODING": "utf-8"},
+            capture_bytes=1002,
+        )
     )
     assert out.output == "\u00e9" * 250 + cut_marker(998).decode() + "\u00e9" * 250
 
@@ -332,7 +356,7 @@ async def test_capture_cut_does_not_split_characters(tmp_path: Path) -> None:
 FLOOD = """
 import asyncio, json, resource, sys
 from pathlib import Path
-from parallel_orchestrator.runner import JobSpec, run_job
+from parallel_orchestrator.jobs.runner import JobSpec, run_job
 
 async def main() -> None:
     n, log, split = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "split"
@@ -360,7 +384,10 @@ def test_output_flood_keeps_log_and_memory_bounded(tmp_path: Path, mode: str) ->
     def run(n: int) -> dict[str, int | str]:
         proc = subprocess.run(
             [sys.executable, str(harness), str(n), str(tmp_path / f"{n}.log"), mode],
-            capture_output=True, text=True, timeout=120, check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         )
         return json.loads(proc.stdout)
 
@@ -419,7 +446,7 @@ async def test_many_short_jobs_leave_no_registry_entries(tmp_path: Path) -> None
 UNAWAITED = """
 import asyncio, sys
 from pathlib import Path
-from parallel_orchestrator.runner import JobSpec, run_job
+from parallel_orchestrator.jobs.runner import JobSpec, run_job
 
 work = Path(sys.argv[1])
 
@@ -438,8 +465,9 @@ print("done")
 def test_loop_shutdown_with_an_unawaited_job_still_kills_it(tmp_path: Path) -> None:
     harness = tmp_path / "unawaited.py"
     harness.write_text(UNAWAITED)
-    proc = subprocess.run([sys.executable, str(harness), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(harness), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
     gc = int((tmp_path / "gc.pid").read_text())
     assert not running(gc)
@@ -467,8 +495,9 @@ async def test_without_pidfd_the_exit_is_awaited_in_a_thread(
 @pytest.mark.parametrize("split", [False, True])
 async def test_leader_closing_its_output_is_still_awaited(tmp_path: Path, split: bool) -> None:
     """EOF before the exit: the leader is then watched directly, not taken for exited."""
-    out = await run_job(spec(tmp_path, "sh", "-c", "echo hi; exec >&- 2>&-; sleep 0.3; exit 3",
-                             split_stderr=split))
+    out = await run_job(
+        spec(tmp_path, "sh", "-c", "echo hi; exec >&- 2>&-; sleep 0.3; exit 3", split_stderr=split)
+    )
     assert (out.result, out.exit_code, out.output_tail) == ("fail", 3, "hi\n")
     assert out.duration_s >= 0.3
     assert out.pid is not None and out.pid not in runner.job_leaders()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from parallel_orchestrator.scheduler import JobRequest, Scheduler, SchedulerHooks
+from parallel_orchestrator.pipeline.scheduler import JobRequest, Scheduler, SchedulerHooks
 
 
 class Recorder(SchedulerHooks):
@@ -121,8 +121,7 @@ async def test_failing_jobs_start_first() -> None:
     jobs = Jobs()
     # 0 = last result was not pass; 1 = it passed
     last = {("pass1", "t"): 1, ("fail1", "t"): 0, ("pass2", "t"): 1, ("fail2", "t"): 0}
-    sched = Scheduler(jobs.run, concurrency=1, on_busy="queue",
-                      priority=lambda k: last.get(k, 1))
+    sched = Scheduler(jobs.run, concurrency=1, on_busy="queue", priority=lambda k: last.get(k, 1))
     sched.submit(req("first"))
     await jobs.until(lambda: len(jobs.started) == 1)
     for h in ("pass1", "fail1", "pass2", "fail2"):
@@ -147,6 +146,6 @@ async def test_cancel_hypothesis_and_shutdown() -> None:
     sched.submit(req("third"))
     stuck = await sched.shutdown(timeout=5)
     assert stuck == []
-    assert ("third" in {r.hypothesis for r, why in hooks.dropped_reqs if why == "stopping"})
+    assert "third" in {r.hypothesis for r, why in hooks.dropped_reqs if why == "stopping"}
     assert jobs.finished[-1][1] == "cancelled"
     assert sched.submit(req("late")) == "ignored"

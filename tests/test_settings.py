@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from parallel_orchestrator.settings import (
+from parallel_orchestrator.settings.loader import (
     ConfigError,
     DaemonSettings,
     ScriptSettings,
@@ -454,7 +454,10 @@ def test_no_scripts_table_means_the_default_tests_script(tmp_path: Path, text: s
     path.chmod(0o600)
     [script] = load_settings(path).scripts
     assert (script.name, script.command, script.watch) == (
-        "tests", ("python", "-m", "pytest", "-q"), ("**/*.py",))
+        "tests",
+        ("python", "-m", "pytest", "-q"),
+        ("**/*.py",),
+    )
 
 
 def test_scripts_must_be_an_array_of_tables(tmp_path: Path) -> None:

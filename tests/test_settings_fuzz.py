@@ -15,7 +15,7 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parallel_orchestrator.settings import ConfigError, Settings, load_settings
+from parallel_orchestrator.settings.loader import ConfigError, Settings, load_settings
 
 ENV = {"HOME": "/home/fuzz"}
 

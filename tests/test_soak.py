@@ -58,8 +58,12 @@ sys.exit(0 if r.random() < 0.8 else 1)
 
 
 def sample(pid: int) -> dict[str, int]:
-    return {"fds": fd_count(pid), "rss_kb": rss_kb(pid), "threads": thread_count(pid),
-            "children": len(descendants(pid))}
+    return {
+        "fds": fd_count(pid),
+        "rss_kb": rss_kb(pid),
+        "threads": thread_count(pid),
+        "children": len(descendants(pid)),
+    }
 
 
 def test_soak_returns_to_baseline(tmp_path: Path, record_property) -> None:
@@ -71,16 +75,27 @@ def test_soak_returns_to_baseline(tmp_path: Path, record_property) -> None:
     tag = uuid.uuid4().hex
     cmd = write_script(tmp_path / "scripts", "job.py", JOB)
     config = write_config(
-        tmp_path / "cfg" / "po.toml", repo,
-        [{"name": "t", "command": cmd, "watch": ["**/*.py"], "kill_grace_s": 1,
-          "env": {"PO_TEST_TAG": tag}}],
-        on_busy="restart", run_on_start=True, keep_runs=KEEP_RUNS,
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [
+            {
+                "name": "t",
+                "command": cmd,
+                "watch": ["**/*.py"],
+                "kill_grace_s": 1,
+                "env": {"PO_TEST_TAG": tag},
+            }
+        ],
+        on_busy="restart",
+        run_on_start=True,
+        keep_runs=KEEP_RUNS,
     )
     d = DaemonProcess(config)
     try:
         d.wait_ready()
-        wait_until(lambda: len(d.events("job_finished")) >= len(trees), timeout=120,
-                   what="start-up jobs")
+        wait_until(
+            lambda: len(d.events("job_finished")) >= len(trees), timeout=120, what="start-up jobs"
+        )
         wait_idle(d, timeout=120)
         pid = d.proc.pid
         baseline = sample(pid)
@@ -110,8 +125,11 @@ def test_soak_returns_to_baseline(tmp_path: Path, record_property) -> None:
         wait_idle(d, timeout=120)
         # Every job has finished; give fds and children a bounded time to settle (a pidfd
         # or pipe is closed by the loop right after the job's last event).
-        wait_until(lambda: fd_count(pid) <= baseline["fds"] and not descendants(pid),
-                   timeout=30, what="fds and children back to baseline")
+        wait_until(
+            lambda: fd_count(pid) <= baseline["fds"] and not descendants(pid),
+            timeout=30,
+            what="fds and children back to baseline",
+        )
         end_sample = sample(pid)
         finished = d.events("job_finished")
         results: dict[str, int] = {}
@@ -119,10 +137,17 @@ def test_soak_returns_to_baseline(tmp_path: Path, record_property) -> None:
             results[e["result"]] = results.get(e["result"], 0) + 1
         logs = sorted((config.parent / "state" / "runs").rglob("*.log"))
         figures = {
-            "seed": seed, "soak_s": SOAK_S, "edits": edits, "jobs": len(finished),
-            "results": results, "baseline": baseline, "end": end_sample,
-            "peak_rss_kb": peak_rss, "peak_children": peak_children,
-            "run_logs_kept": len(logs), "watcher_restarts": len(d.events("watcher_restarted")),
+            "seed": seed,
+            "soak_s": SOAK_S,
+            "edits": edits,
+            "jobs": len(finished),
+            "results": results,
+            "baseline": baseline,
+            "end": end_sample,
+            "peak_rss_kb": peak_rss,
+            "peak_children": peak_children,
+            "run_logs_kept": len(logs),
+            "watcher_restarts": len(d.events("watcher_restarted")),
         }
         print(f"\nsoak figures: {figures}")
         for key, value in figures.items():

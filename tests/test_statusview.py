@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from parallel_orchestrator.statusview import (
+from parallel_orchestrator.report.statusview import (
     CLEAR_SCREEN,
     StatusFileInvalid,
     StatusFileMissing,

@@ -100,8 +100,12 @@ class NotifySocket:
                 self.received.append(Datagram(at, pid, tuple(data.decode().split("\n"))))
                 self._cond.notify_all()
 
-    def wait_for(self, predicate: Callable[[list[Datagram]], T | None], what: str,
-                 timeout: float = EVENT_TIMEOUT_S) -> T:
+    def wait_for(
+        self,
+        predicate: Callable[[list[Datagram]], T | None],
+        what: str,
+        timeout: float = EVENT_TIMEOUT_S,
+    ) -> T:
         """Block until ``predicate`` finds something, the sender exits, or ``timeout``."""
         deadline = time.monotonic() + timeout
         gone = False
@@ -222,18 +226,38 @@ env = {{ PO_TEST_MARKER = "{marker}" }}
     )
     config.chmod(0o600)
 
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
-    env.update(NOTIFY_SOCKET=notify_socket.path, WATCHDOG_USEC=str(WATCHDOG_USEC),
-               LISTEN_FDS="0", LISTEN_FDNAMES="none")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))
+    }
+    env.update(
+        NOTIFY_SOCKET=notify_socket.path,
+        WATCHDOG_USEC=str(WATCHDOG_USEC),
+        LISTEN_FDS="0",
+        LISTEN_FDNAMES="none",
+    )
     # systemd sets WATCHDOG_PID and LISTEN_PID to the main pid; exec keeps the shell's pid.
     launcher = 'export WATCHDOG_PID=$$ LISTEN_PID=$$; exec "$@"'
     console = project / "daemon.out"  # a file, not a pipe: nothing can block the daemon
     with console.open("wb") as out:
         proc = subprocess.Popen(
-            ["sh", "-c", launcher, "sh", sys.executable, "-m", "parallel_orchestrator",
-             "run", "-c", str(config)],
-            env=env, cwd=project, stdout=out, stderr=subprocess.STDOUT,
+            [
+                "sh",
+                "-c",
+                launcher,
+                "sh",
+                sys.executable,
+                "-m",
+                "parallel_orchestrator",
+                "run",
+                "-c",
+                str(config),
+            ],
+            env=env,
+            cwd=project,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     notify_socket.sender = proc
     try:
@@ -247,8 +271,14 @@ env = {{ PO_TEST_MARKER = "{marker}" }}
                 os.kill(pid, signal.SIGKILL)
 
 
-def _exercise(proc: subprocess.Popen[bytes], sd: NotifySocket, env_dump: Path, marker: str,
-              log_file: Path, console: Path) -> None:
+def _exercise(
+    proc: subprocess.Popen[bytes],
+    sd: NotifySocket,
+    env_dump: Path,
+    marker: str,
+    log_file: Path,
+    console: Path,
+) -> None:
     def output() -> str:
         return console.read_text(errors="replace")[-4000:]
 
@@ -262,8 +292,9 @@ def _exercise(proc: subprocess.Popen[bytes], sd: NotifySocket, env_dump: Path, m
     # The start-up job is running; its environment carries no line to systemd.
     assert wait_until(env_dump.exists, EVENT_TIMEOUT_S), "the job never started"
     job_env = env_dump.read_text().splitlines()
-    leaked = [line for line in job_env
-              if line.startswith(("NOTIFY_SOCKET=", "WATCHDOG_", "LISTEN_"))]
+    leaked = [
+        line for line in job_env if line.startswith(("NOTIFY_SOCKET=", "WATCHDOG_", "LISTEN_"))
+    ]
     assert leaked == [], leaked
     assert any(line.startswith("PO_JOB_ID=") for line in job_env)
     assert job_processes(marker), "no live job found before stop"
@@ -290,8 +321,10 @@ def _exercise(proc: subprocess.Popen[bytes], sd: NotifySocket, env_dump: Path, m
     assert before_usec <= int(usec) <= after_usec
     sd.wait_for(first_after(reloading + 1, "READY=1"), "READY=1 after the reload")
     mark = len(sd.snapshot())
-    sd.wait_for(lambda rs: sum(d.has("WATCHDOG=1") for d in rs[mark:]) >= 3 or None,
-                "WATCHDOG=1 after the reload")
+    sd.wait_for(
+        lambda rs: sum(d.has("WATCHDOG=1") for d in rs[mark:]) >= 3 or None,
+        "WATCHDOG=1 after the reload",
+    )
 
     # SIGTERM (what `systemctl stop` sends): STOPPING=1, exit 0 in time, no job left.
     start = len(sd.snapshot())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from parallel_orchestrator.settings import ScriptSettings
+from parallel_orchestrator.settings.loader import ScriptSettings
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
 SYSTEM_UNIT = "parallel-orchestrator.service"
@@ -212,14 +212,11 @@ def _manager() -> str:
 
 def _dump(sandbox: Sandbox, mode: str, unit: str, unit_dir: Path) -> dict[str, list[str]]:
     """Parsed properties of ``unit`` as ``systemd --test`` loaded it: key -> values."""
-    proc = _run(
-        [_manager(), "--test", mode, f"--unit={unit}", "--no-pager"], sandbox.env(unit_dir)
-    )
+    proc = _run([_manager(), "--test", mode, f"--unit={unit}", "--no-pager"], sandbox.env(unit_dir))
     assert proc.returncode == 0, proc.stderr
     # Complaints about our unit ("...: Command ... is not executable", "Unknown key") go to
     # stderr prefixed with its name or its file; other units' noise is not ours to judge.
-    ours = [line for line in proc.stderr.splitlines()
-            if unit in line or str(unit_dir) in line]
+    ours = [line for line in proc.stderr.splitlines() if unit in line or str(unit_dir) in line]
     assert ours == [], "\n".join(ours)
     section = re.search(
         rf"^\t-> Unit {re.escape(unit)}:\n(.*?)(?=^\t-> Unit |\Z)", proc.stdout, re.M | re.S
@@ -297,7 +294,7 @@ def test_manager_parses_user_instance(sandbox: Sandbox) -> None:
 
 def _service_lines(unit: str) -> list[str]:
     text = (UNITS / unit).read_text()
-    return text[text.index("[Service]"):].split("\n[Install]")[0].splitlines()[1:]
+    return text[text.index("[Service]") :].split("\n[Install]")[0].splitlines()[1:]
 
 
 @pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_TEMPLATE])
@@ -316,6 +313,9 @@ def test_every_directive_is_explained(unit: str) -> None:
 def test_user_template_says_why_it_has_no_filesystem_hardening() -> None:
     text = (UNITS / USER_TEMPLATE).read_text()
     assert "PrivateUsers=" in text
-    directives = {line.split("=", 1)[0] for line in _service_lines(USER_TEMPLATE)
-                  if line and not line.startswith("#")}
+    directives = {
+        line.split("=", 1)[0]
+        for line in _service_lines(USER_TEMPLATE)
+        if line and not line.startswith("#")
+    }
     assert not directives & {"ProtectSystem", "ProtectHome", "ReadWritePaths", "PrivateTmp"}

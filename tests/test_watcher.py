@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from parallel_orchestrator.watcher import Chunk, Watcher, step_for, undecodable_path
+from parallel_orchestrator.watch.watcher import Chunk, Watcher, step_for, undecodable_path
 
 
 class Collector:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from parallel_orchestrator.settings import WorktreeSettings
-from parallel_orchestrator.worktrees import (
+from parallel_orchestrator.repo.worktrees import (
     Worktree,
     WorktreeError,
     discover,
@@ -19,6 +18,7 @@ from parallel_orchestrator.worktrees import (
     git_dir,
     index_lock_path,
 )
+from parallel_orchestrator.settings.loader import WorktreeSettings
 
 GIT_ENV = {
     **os.environ,

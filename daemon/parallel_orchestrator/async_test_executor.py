@@ -27,8 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import FalsificationConfig, Hypothesis, TestExecutionResult, TestResult
-from .runner import JobOutcome, JobSpec, run_job
+from .config import (
+    FalsificationConfig,
+    Hypothesis,
+    TestExecutionResult,
+    TestResult,
+)
+from .jobs.runner import JobOutcome, JobSpec, run_job
 
 T = TypeVar("T")
 

@@ -38,8 +38,10 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Watch git worktrees (hypotheses) and rerun the "
-                "scripts each edit affects.")
+    p = _Parser(
+        prog=PROG,
+        description="Watch git worktrees (hypotheses) and rerun the scripts each edit affects.",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -48,10 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     once = sub.add_parser("once", help="run every selected script once and report")
     once.add_argument("-c", "--config")
-    once.add_argument("--hypothesis", action="append", default=[], metavar="ID",
-                      help="only this hypothesis (repeatable)")
-    once.add_argument("--script", action="append", default=[], metavar="NAME",
-                      help="only this script (repeatable)")
+    once.add_argument(
+        "--hypothesis",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this hypothesis (repeatable)",
+    )
+    once.add_argument(
+        "--script",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this script (repeatable)",
+    )
     once.add_argument("--json", action="store_true", help="machine-readable output")
 
     st = sub.add_parser("status", help="show the daemon's status file")
@@ -76,15 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- helpers --------------------------------------------------------------------------
 def _load(config: str | None):  # -> Settings
-    from .settings import locate_and_load
+    from .settings.loader import locate_and_load
 
     return locate_and_load(config)
 
 
 def _load_and_discover(config: str | None):  # -> (Settings, list[Worktree]) | exit code
     """Config and hypotheses, or the exit code after printing why not (one line each)."""
-    from .settings import ConfigError
-    from .worktrees import WorktreeError, discover
+    from .repo.worktrees import WorktreeError, discover
+    from .settings.loader import ConfigError
 
     try:
         settings = _load(config)
@@ -102,9 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
 
-    from .daemon import Daemon, DaemonError, prepare_state_dir
-    from .eventlog import configure_logging
-    from .settings import ConfigError
+    from .report.eventlog import configure_logging
+    from .service.daemon import Daemon, DaemonError, prepare_state_dir
+    from .settings.loader import ConfigError
 
     try:
         settings = _load(args.config)
@@ -137,8 +149,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"state dir:   {os.fsdecode(d.state_dir)}")
     print(f"status file: {os.fsdecode(d.status_file)}")
     print(f"log:         {os.fsdecode(d.log_file) if d.log_file else 'stdout (JSON lines)'}")
-    print(f"batching:    debounce {d.debounce_ms} ms, max wait {d.max_batch_wait_ms} ms; "
-          f"concurrency {d.concurrency}; on_busy {d.on_busy}")
+    print(
+        f"batching:    debounce {d.debounce_ms} ms, max wait {d.max_batch_wait_ms} ms; "
+        f"concurrency {d.concurrency}; on_busy {d.on_busy}"
+    )
     print(f"hypotheses ({len(worktrees)}):")
     for wt in worktrees:
         branch = wt.branch or "(detached)"
@@ -153,7 +167,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from .oneshot import render_results, run_once
+    from .commands.oneshot import render_results, run_once
 
     loaded = _load_and_discover(args.config)
     if isinstance(loaded, int):
@@ -163,8 +177,10 @@ def cmd_once(args: argparse.Namespace) -> int:
     known_s = {s.name for s in settings.scripts}
     for h in args.hypothesis:
         if h not in known_h:
-            return _fail(f"--hypothesis {h}: no such hypothesis (known: "
-                         f"{', '.join(sorted(known_h)) or 'none'})")
+            return _fail(
+                f"--hypothesis {h}: no such hypothesis (known: "
+                f"{', '.join(sorted(known_h)) or 'none'})"
+            )
     for s in args.script:
         if s not in known_s:
             return _fail(f"--script {s}: no such script (known: {', '.join(sorted(known_s))})")
@@ -177,9 +193,14 @@ def cmd_once(args: argparse.Namespace) -> int:
         name = signal.Signals(stopped_by).name
         return _fail(f"stopped by {name}; its jobs were killed", 128 + stopped_by)
     if args.json:
-        json.dump({"results": [r.to_dict() for r in results],
-                   "passed": all(r.outcome.result == "pass" for r in results)},
-                  sys.stdout, indent=2)
+        json.dump(
+            {
+                "results": [r.to_dict() for r in results],
+                "passed": all(r.outcome.result == "pass" for r in results),
+            },
+            sys.stdout,
+            indent=2,
+        )
         print()
     else:
         print(render_results(results))
@@ -219,13 +240,20 @@ def _status_candidates(settings, env) -> list[Path]:  # (Settings, Mapping) -> p
     ~/.local/state later) for ``<instance>.toml``, and the system unit's
     /var/lib/parallel-orchestrator.
     """
-    from .settings import APP_DIR_NAME, config_home, resolve_state_dir
+    from .settings.loader import (
+        APP_DIR_NAME,
+        config_home,
+        resolve_state_dir,
+    )
 
     d = settings.daemon
     found = [d.status_file]
     cfg = settings.config_path
-    implicit = (cfg is not None and d.status_file == d.state_dir / "status.json"
-                and d.state_dir == resolve_state_dir("", cfg.parent, env))
+    implicit = (
+        cfg is not None
+        and d.status_file == d.state_dir / "status.json"
+        and d.state_dir == resolve_state_dir("", cfg.parent, env)
+    )
     if implicit and "STATE_DIRECTORY" not in env:
         instance = cfg.stem
         found += [
@@ -238,8 +266,8 @@ def _status_candidates(settings, env) -> list[Path]:  # (Settings, Mapping) -> p
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import statusview
-    from .settings import ConfigError
+    from .report import statusview
+    from .settings.loader import ConfigError
 
     if args.status_file:
         path = Path(args.status_file)
@@ -248,8 +276,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             settings = _load(args.config)
         except ConfigError as exc:
             return _fail("\n".join(exc.errors))
-        path = next((p for p in _status_candidates(settings, os.environ) if p.exists()),
-                    settings.daemon.status_file)
+        path = next(
+            (p for p in _status_candidates(settings, os.environ) if p.exists()),
+            settings.daemon.status_file,
+        )
     color = statusview.should_color(sys.stdout, os.environ)
     ascii_only = not statusview.can_encode_marks(getattr(sys.stdout, "encoding", None))
     if args.watch:
@@ -271,7 +301,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .initializer import InitError, init_config
+    from .commands.initializer import InitError, init_config
 
     try:
         result = init_config(
@@ -291,7 +321,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoError, run_demo
+    from .commands.demo import DemoError, run_demo
 
     try:
         return run_demo(keep=args.keep)
@@ -300,8 +330,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": cmd_run, "once": cmd_once, "status": cmd_status, "check": cmd_check,
-    "init": cmd_init, "demo": cmd_demo,
+    "run": cmd_run,
+    "once": cmd_once,
+    "status": cmd_status,
+    "check": cmd_check,
+    "init": cmd_init,
+    "demo": cmd_demo,
 }
 
 
@@ -314,4 +348,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-

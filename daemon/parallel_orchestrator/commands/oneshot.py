@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .jobspec import make_spec, prepare_run_files, prune_runs
-from .runner import JobOutcome, install_child_watcher, run_job
-from .settings import ScriptSettings, Settings
-from .worktrees import Worktree
+from ..jobs.runner import JobOutcome, install_child_watcher, run_job
+from ..jobs.spec import make_spec, prepare_run_files, prune_runs
+from ..repo.worktrees import Worktree
+from ..settings.loader import ScriptSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,14 @@ async def run_once(
                 files = prepare_run_files(runs_dir, wt.id, script.name, job_id, ())
             except OSError:
                 files = None  # an unwritable state dir costs the log, not the run
-            spec = make_spec(wt, script, batch_id=f"{session}-once", job_id=job_id,
-                             files=files, base_env=os.environ)
+            spec = make_spec(
+                wt,
+                script,
+                batch_id=f"{session}-once",
+                job_id=job_id,
+                files=files,
+                base_env=os.environ,
+            )
             outcome = await run_job(spec)
             if files is not None:
                 # pruning is housekeeping; a failure must not cost the result
@@ -93,8 +99,9 @@ def render_results(results: list[OnceResult]) -> str:
             row.append(text)
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     passed = sum(r.outcome.result == "pass" for r in results)
     lines.append("")

@@ -25,8 +25,7 @@ from typing import Any
 
 import tomli_w
 
-from .folders import make_dirs
-from .settings import (
+from ..settings.loader import (
     DEFAULT_COMMAND,
     DEFAULT_WATCH,
     LOCAL_CONFIG_NAME,
@@ -34,6 +33,7 @@ from .settings import (
     check_config_permissions,
     settings_from_document,
 )
+from ..store.folders import make_dirs
 
 # The daemon refuses config files that group/others can write; 0o644 minus the umask
 # can never be, whatever the umask is.

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..repo.worktrees import Worktree
+from ..settings.loader import ScriptSettings
 from .runner import JobSpec, make_private_dirs
-from .settings import ScriptSettings
-from .worktrees import Worktree
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,9 @@ def prepare_run_files(
     # (``runs``, ``runs/<hyp>``) the umask's mode, and they name what is being tested.
     make_private_dirs(run_dir)
     paths = sorted(changed)
-    files = RunFiles(run_dir / f"{job_id}.log", run_dir / f"{job_id}.changed",
-                     run_dir / f"{job_id}.changed0")
+    files = RunFiles(
+        run_dir / f"{job_id}.log", run_dir / f"{job_id}.changed", run_dir / f"{job_id}.changed0"
+    )
     _write_private(files.changed, b"".join(os.fsencode(p) + b"\n" for p in paths))
     _write_private(files.changed_z, b"".join(os.fsencode(p) + b"\0" for p in paths))
     return files

@@ -79,7 +79,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-
 def _have_pidfd() -> bool:
     global _pidfd_ok
     if _pidfd_ok is None:
@@ -89,6 +88,7 @@ def _have_pidfd() -> bool:
         except (AttributeError, OSError):
             _pidfd_ok = False
     return _pidfd_ok
+
 
 class _Spawned:
     """What a spawn thread hands to the loop: the leader and the loop's ends of its pipes

@@ -72,8 +72,9 @@ class Batcher:
     def next_batch_id(self) -> str:
         return f"{self._prefix}{next(self._ids)}"
 
-    def add(self, hyp: str, paths: Iterable[str], first: float, last: float,
-            created: Iterable[str] = ()) -> None:
+    def add(
+        self, hyp: str, paths: Iterable[str], first: float, last: float, created: Iterable[str] = ()
+    ) -> None:
         """Record changes; ``first``/``last`` are the estimated times they happened;
         ``created`` are those among ``paths`` whose change was a creation."""
         bucket = self._pending.setdefault(hyp, set())
@@ -165,8 +166,15 @@ class Batcher:
             if stale or done:
                 del self.held[hyp]
                 reason = "git_lock_stale" if stale else "git_op_finished"
-                released.append(Batch(self.next_batch_id(), {hyp: held.paths | self._take(hyp)},
-                                      held.since, now, reason))
+                released.append(
+                    Batch(
+                        self.next_batch_id(),
+                        {hyp: held.paths | self._take(hyp)},
+                        held.since,
+                        now,
+                        reason,
+                    )
+                )
         return released
 
     def _take(self, hyp: str) -> set[str]:

@@ -245,9 +245,7 @@ def _result_of(rc: int | None, timed_out: bool, spec: JobSpec) -> tuple[Result, 
     return "fail", rc, ""
 
 
-async def run_job(
-    spec: JobSpec, on_started: Callable[[int], None] | None = None
-) -> JobOutcome:
+async def run_job(spec: JobSpec, on_started: Callable[[int], None] | None = None) -> JobOutcome:
     """Run ``spec``; on cancellation kill the group, reap, then re-raise CancelledError."""
     started_at = time.time()
     t0 = time.monotonic()
@@ -278,7 +276,6 @@ async def run_job(
         return await _run_spawned(spec, job_id, env, output, on_started, started_at, t0)
     finally:
         output.close()
-
 
 
 async def _run_spawned(
@@ -409,9 +406,7 @@ async def _end_job_uninterrupted(
     """
     hurry = asyncio.Event()
     cancelled = False
-    ending = asyncio.ensure_future(
-        _end_job(spec, job_id, pid, child, kill, hurry, eof_grace_s)
-    )
+    ending = asyncio.ensure_future(_end_job(spec, job_id, pid, child, kill, hurry, eof_grace_s))
     while not ending.done():
         try:
             await asyncio.shield(ending)

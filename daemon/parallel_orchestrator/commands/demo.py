@@ -24,7 +24,8 @@ from typing import Any, TextIO
 
 import tomli_w
 
-from . import janitor, statusview
+from ..jobs import janitor
+from ..report import statusview
 
 DEADLINE_S = 60.0
 
@@ -47,8 +48,13 @@ class DemoError(Exception):
 
 
 def _git(cwd: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@example.invalid",
-           "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@example.invalid"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "demo",
+        "GIT_AUTHOR_EMAIL": "demo@example.invalid",
+        "GIT_COMMITTER_NAME": "demo",
+        "GIT_COMMITTER_EMAIL": "demo@example.invalid",
+    }
     done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise DemoError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
@@ -73,19 +79,29 @@ def build_sandbox(root: Path, marker: str) -> Path:
         _git(repo, "worktree", "add", "-q", "-b", hyp, os.fsdecode(root / hyp))
         (root / hyp / "calc.py").write_text(calc)
     config = root / "parallel-orchestrator.toml"
-    config.write_text(tomli_w.dumps({
-        "daemon": {"state_dir": "state", "log_file": "daemon.log", "debounce_ms": 100,
-                   "run_on_start": True},
-        "worktrees": {"repo": "repo", "include": ["hyp-*"]},
-        "scripts": [{
-            "name": "check",
-            "command": [sys.executable, "check.py"],
-            "watch": ["**/*.py"],
-            "timeout_s": 3,
-            "kill_grace_s": 1,
-            "env": {"PO_DEMO_MARKER": marker},
-        }],
-    }))
+    config.write_text(
+        tomli_w.dumps(
+            {
+                "daemon": {
+                    "state_dir": "state",
+                    "log_file": "daemon.log",
+                    "debounce_ms": 100,
+                    "run_on_start": True,
+                },
+                "worktrees": {"repo": "repo", "include": ["hyp-*"]},
+                "scripts": [
+                    {
+                        "name": "check",
+                        "command": [sys.executable, "check.py"],
+                        "watch": ["**/*.py"],
+                        "timeout_s": 3,
+                        "kill_grace_s": 1,
+                        "env": {"PO_DEMO_MARKER": marker},
+                    }
+                ],
+            }
+        )
+    )
     config.chmod(0o600)
     root.chmod(0o700)
     return config
@@ -133,14 +149,17 @@ def run_demo(keep: bool = False, out: TextIO | None = None) -> int:
         config = build_sandbox(root, marker)
         status_path, log_path = root / "state" / "status.json", root / "daemon.log"
         say(f"==> a throwaway repository in {root}, with three hypotheses (git worktrees):")
-        say("    hyp-pass  add() is right      hyp-fail  add() subtracts      "
-            "hyp-hang  add() never returns")
+        say(
+            "    hyp-pass  add() is right      hyp-fail  add() subtracts      "
+            "hyp-hang  add() never returns"
+        )
         say("    one script, 'check', runs `python check.py` in each; timeout 3 s")
-        say("==> starting the daemon: parallel-orchestrator run -c "
-            f"{config.name}")
+        say(f"==> starting the daemon: parallel-orchestrator run -c {config.name}")
         daemon = subprocess.Popen(
             [sys.executable, "-m", "parallel_orchestrator", "run", "-c", os.fsdecode(config)],
-            cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
 
@@ -148,14 +167,16 @@ def run_demo(keep: bool = False, out: TextIO | None = None) -> int:
             if daemon is not None and daemon.poll() is not None:
                 err = daemon.stderr.read().decode(errors="replace") if daemon.stderr else ""
                 raise DemoError(f"the daemon exited early ({daemon.returncode}): {err.strip()}")
-            hits = [e for e in _events(log_path)[after:] if e["event"] == "job_finished"
-                    and e["hypothesis"] == hyp]
+            hits = [
+                e
+                for e in _events(log_path)[after:]
+                if e["event"] == "job_finished" and e["hypothesis"] == hyp
+            ]
             return bool(hits) and (result is None or hits[-1]["result"] == result)
 
         for hyp in ("hyp-pass", "hyp-fail", "hyp-hang"):
             _wait(lambda hyp=hyp: finished(hyp), f"the first run of {hyp}", deadline)
-        say("==> every hypothesis ran once at start (the hanging one was killed at its "
-            "timeout):")
+        say("==> every hypothesis ran once at start (the hanging one was killed at its timeout):")
         show(status_path)
         say()
         mark = len(_events(log_path))
@@ -166,8 +187,11 @@ def run_demo(keep: bool = False, out: TextIO | None = None) -> int:
         reacted = time.monotonic() - t0
         for e in _events(log_path)[mark:]:
             if e["event"] in ("batch_formed", "job_started", "job_finished"):
-                keys = ("jobs",) if e["event"] == "batch_formed" else (
-                    "hypothesis", "script", "result", "duration_s")
+                keys = (
+                    ("jobs",)
+                    if e["event"] == "batch_formed"
+                    else ("hypothesis", "script", "result", "duration_s")
+                )
                 detail = {k: e[k] for k in keys if k in e}
                 if e["event"] == "batch_formed":
                     detail["changed"] = e["hypotheses"]

@@ -106,9 +106,7 @@ class _Mux:
 
 
 _MUX_IDLE_S = 1.0
-_muxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mux] = (
-    weakref.WeakKeyDictionary()
-)
+_muxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mux] = weakref.WeakKeyDictionary()
 
 
 def _mux_for(loop: asyncio.AbstractEventLoop) -> _Mux | None:
@@ -124,6 +122,7 @@ def _mux_for(loop: asyncio.AbstractEventLoop) -> _Mux | None:
     except TypeError:
         return None
     return mux
+
 
 class _Child:
     """A running leader, watched by the loop: output pipes into ``output``, and its exit.
@@ -142,9 +141,7 @@ class _Child:
     than asyncio.Event + wait_for (a task per call on 3.11), and runs several times a job.
     """
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, spawned: _Spawned, output: _Output
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, spawned: _Spawned, output: _Output) -> None:
         self.loop = loop
         self.popen = spawned.popen
         self.pid = spawned.popen.pid
@@ -343,4 +340,3 @@ class _Child:
         for fd in list(self._open):
             self._close_pipe(fd)
         self.watch_exit()
-

@@ -82,7 +82,12 @@ class GitIgnoreOracle:
     async def _check(self, relpaths: list[str]) -> set[str]:
         payload = b"".join(os.fsencode(p) + b"\0" for p in relpaths)
         proc = await asyncio.create_subprocess_exec(
-            "git", "-C", os.fsdecode(self.worktree), "check-ignore", "--stdin", "-z",
+            "git",
+            "-C",
+            os.fsdecode(self.worktree),
+            "check-ignore",
+            "--stdin",
+            "-z",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -200,8 +200,11 @@ class Watcher:
         (and a job reading the file would retrigger itself forever). The hold-down doubles
         with each strike, so a name that stays only costs a log line now and then.
         """
-        root = max((r for r in paths if path == r or path.startswith(r.rstrip("/") + "/")),
-                   key=len, default=None)
+        root = max(
+            (r for r in paths if path == r or path.startswith(r.rstrip("/") + "/")),
+            key=len,
+            default=None,
+        )
         if root is None:
             return ""
         strikes = self._strikes[root] = self._strikes.get(root, 0) + 1
@@ -269,8 +272,7 @@ class Watcher:
                         failed_at = None
                 self._poll()
                 if notify is None:  # nothing (or nothing but polled roots) to watch
-                    self._stop.wait((POLL_MIN_MS if self._pollers else IDLE_TIMEOUT_MS)
-                                    / 1000)
+                    self._stop.wait((POLL_MIN_MS if self._pollers else IDLE_TIMEOUT_MS) / 1000)
                     continue
                 reason, bad_path = self._watch_once(notify, step, chunk)
                 if reason is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from .settings import WorktreeSettings
+from ..settings.loader import WorktreeSettings
 
 GIT_TIMEOUT_S = 30.0
 

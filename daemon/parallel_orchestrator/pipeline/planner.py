@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .pathglob import matches_any
-from .settings import ScriptSettings
+from ..repo.pathglob import matches_any
+from ..settings.loader import ScriptSettings
 
 
 def affected_scripts(changed: Iterable[str], scripts: Iterable[ScriptSettings]) -> list[str]:

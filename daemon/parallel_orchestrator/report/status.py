@@ -25,9 +25,7 @@ def iso(ts: float | None) -> str | None:
     """ISO 8601 UTC with milliseconds, or None."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def empty_cell() -> dict[str, Any]:

@@ -20,27 +20,44 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import __version__, janitor, ledger
-from .batcher import Batch, Batcher
-from .eventlog import configure_logging, get_logger
-from .filters import GitCheckIgnoreError, GitIgnoreOracle, GitInternalsFilter, GlobIgnoreFilter
-from .folders import make_dirs
-from .jobspec import make_spec, prepare_run_files, prune_runs
-from .notify import Notifier
-from .planner import plan
-from .runner import (
+from .. import __version__
+from ..jobs import janitor, ledger
+from ..jobs.runner import (
     JobOutcome,
     install_child_watcher,
     job_leaders,
     reap_orphan_zombies,
     run_job,
 )
-from .scheduler import JobRequest, Scheduler, SchedulerHooks
-from .settings import ConfigError, ScriptSettings, Settings, load_settings
-from .status import StatusBoard, iso, load_previous
-from .statusview import summary_line
-from .watcher import Chunk, Watcher, step_for
-from .worktrees import Worktree, WorktreeError, discover_async, git_common_dir, index_lock_path
+from ..jobs.spec import make_spec, prepare_run_files, prune_runs
+from ..pipeline.batcher import Batch, Batcher
+from ..pipeline.planner import plan
+from ..pipeline.scheduler import JobRequest, Scheduler, SchedulerHooks
+from ..repo.filters import (
+    GitCheckIgnoreError,
+    GitIgnoreOracle,
+    GitInternalsFilter,
+    GlobIgnoreFilter,
+)
+from ..repo.worktrees import (
+    Worktree,
+    WorktreeError,
+    discover_async,
+    git_common_dir,
+    index_lock_path,
+)
+from ..report.eventlog import configure_logging, get_logger
+from ..report.status import StatusBoard, iso, load_previous
+from ..report.statusview import summary_line
+from ..settings.loader import (
+    ConfigError,
+    ScriptSettings,
+    Settings,
+    load_settings,
+)
+from ..store.folders import make_dirs
+from ..watch.watcher import Chunk, Watcher, step_for
+from .notify import Notifier
 
 MAX_LOGGED_PATHS = 50
 CHANGE_ADDED = 1  # watchfiles.Change.added
@@ -110,11 +127,15 @@ class Daemon:
         self.notifier = Notifier(self.env)
         d = settings.daemon
         self.batcher = Batcher(
-            d.debounce_ms / 1000, d.max_batch_wait_ms / 1000, self._is_locked,
-            id_prefix=f"{self.session}-b", exists=self._exists,
+            d.debounce_ms / 1000,
+            d.max_batch_wait_ms / 1000,
+            self._is_locked,
+            id_prefix=f"{self.session}-b",
+            exists=self._exists,
         )
-        self.board = StatusBoard(pid=os.getpid(), version=__version__,
-                                 config_path=settings.config_path)
+        self.board = StatusBoard(
+            pid=os.getpid(), version=__version__, config_path=settings.config_path
+        )
         self.scheduler = Scheduler(
             self._run_request,
             concurrency=d.concurrency,
@@ -145,25 +166,45 @@ class Daemon:
         for found_job in recovered:
             rec = found_job.record
             if rec is None:
-                self.log.warning("job_record_unreadable", path=os.fsdecode(found_job.path),
-                                 error=found_job.problem)
+                self.log.warning(
+                    "job_record_unreadable",
+                    path=os.fsdecode(found_job.path),
+                    error=found_job.problem,
+                )
                 continue
             self.board.update(
-                rec.hypothesis, rec.script, state="error", last_result="error",
-                exit_code=None, finished_at=iso(time.time()), job_id=rec.job_id,
-                batch_id=rec.batch_id, started_at=iso(rec.started_at),
+                rec.hypothesis,
+                rec.script,
+                state="error",
+                last_result="error",
+                exit_code=None,
+                finished_at=iso(time.time()),
+                job_id=rec.job_id,
+                batch_id=rec.batch_id,
+                started_at=iso(rec.started_at),
                 output_tail="daemon died while this job ran",
             )
-            self.log.warning("job_recovered", job_id=rec.job_id, batch_id=rec.batch_id,
-                             hypothesis=rec.hypothesis, script=rec.script, pid=rec.pid,
-                             leader_alive=found_job.leader_alive,
-                             killed=list(found_job.killed), result="error",
-                             error="daemon died")
+            self.log.warning(
+                "job_recovered",
+                job_id=rec.job_id,
+                batch_id=rec.batch_id,
+                hypothesis=rec.hypothesis,
+                script=rec.script,
+                pid=rec.pid,
+                leader_alive=found_job.leader_alive,
+                killed=list(found_job.killed),
+                result="error",
+                error="daemon died",
+            )
         self.log.info(
-            "daemon_started", pid=os.getpid(), version=__version__,
+            "daemon_started",
+            pid=os.getpid(),
+            version=__version__,
             config_path=_path_or_none(self.settings.config_path),
-            hypotheses=len(self.worktrees), scripts=len(self.settings.scripts),
-            state_dir=os.fsdecode(d.state_dir), status_file=os.fsdecode(d.status_file),
+            hypotheses=len(self.worktrees),
+            scripts=len(self.settings.scripts),
+            state_dir=os.fsdecode(d.state_dir),
+            status_file=os.fsdecode(d.status_file),
         )
         for wt in self.worktrees.values():
             self._log_worktree("worktree_added", wt, initial=True)
@@ -189,8 +230,12 @@ class Daemon:
         return code
 
     async def _start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.watcher = Watcher(loop, self._on_chunk, self._on_watcher_restart,
-                               step_for(self.settings.daemon.debounce_ms, self.env))
+        self.watcher = Watcher(
+            loop,
+            self._on_chunk,
+            self._on_watcher_restart,
+            step_for(self.settings.daemon.debounce_ms, self.env),
+        )
         self.watcher.set_paths(self._watch_paths())
         self.watcher.start()
         if not await self.watcher.wait_armed(30):
@@ -211,10 +256,13 @@ class Daemon:
             return signal.Signals(sig).name
 
     async def _shutdown(self, reason: str) -> None:
-        self.log.info("daemon_stopping", reason=reason,
-                      running=[f"{h}/{s}" for h, s in self.scheduler.running],
-                      queued=[f"{h}/{s}" for h, s in self.scheduler.waiting],
-                      pending_changes=sum(len(p) for p in self.batcher.held.values()))
+        self.log.info(
+            "daemon_stopping",
+            reason=reason,
+            running=[f"{h}/{s}" for h, s in self.scheduler.running],
+            queued=[f"{h}/{s}" for h, s in self.scheduler.waiting],
+            pending_changes=sum(len(p) for p in self.batcher.held.values()),
+        )
         self._closing = True
         self.notifier.stopping()
         self.board.set_daemon_state("stopping")
@@ -224,8 +272,11 @@ class Daemon:
         # The watcher thread notices a stop only between watch calls (up to ~0.5 s): stop
         # it alongside the jobs, not before them, or that wait eats into the
         # kill_grace_s + 2 s shutdown budget.
-        watcher_stopped = (asyncio.ensure_future(asyncio.to_thread(self.watcher.stop, 1.5))
-                           if self.watcher is not None else None)
+        watcher_stopped = (
+            asyncio.ensure_future(asyncio.to_thread(self.watcher.stop, 1.5))
+            if self.watcher is not None
+            else None
+        )
         grace = max((s.kill_grace_s for s in self.settings.scripts), default=5.0)
         stuck = await self.scheduler.shutdown(timeout=grace + 1.5)
         if watcher_stopped is not None:
@@ -293,11 +344,13 @@ class Daemon:
                 self._log_worktree("worktree_added", new[hyp])
         for hyp in new.keys() - set(added):
             if old[hyp].branch != new[hyp].branch:
-                self._log_worktree("worktree_branch_changed", new[hyp],
-                                   previous_branch=old[hyp].branch)
+                self._log_worktree(
+                    "worktree_branch_changed", new[hyp], previous_branch=old[hyp].branch
+                )
         self._roots = sorted(
             ((os.fsdecode(wt.path).rstrip("/") + "/", wt.id) for wt in new.values()),
-            key=lambda item: len(item[0]), reverse=True,
+            key=lambda item: len(item[0]),
+            reverse=True,
         )
         self._root_paths = {os.fsdecode(wt.path): wt.id for wt in new.values()}
         self._lock_of = {}
@@ -332,8 +385,7 @@ class Daemon:
         return roots + extra
 
     def _log_worktree(self, event: str, wt: Worktree, **extra: Any) -> None:
-        self.log.info(event, hypothesis=wt.id, path=os.fsdecode(wt.path), branch=wt.branch,
-                      **extra)
+        self.log.info(event, hypothesis=wt.id, path=os.fsdecode(wt.path), branch=wt.branch, **extra)
 
     async def rediscover(self) -> None:
         async with self._discovery_lock:
@@ -397,7 +449,7 @@ class Daemon:
     def _locate(self, path: str) -> tuple[str, str] | None:
         for prefix, hyp in self._roots:
             if path.startswith(prefix):
-                return hyp, path[len(prefix):]
+                return hyp, path[len(prefix) :]
         return None
 
     def _exists(self, hyp: str, rel: str) -> bool:
@@ -449,15 +501,17 @@ class Daemon:
         for hyp, rels in per_hyp.items():
             if self.settings.worktrees.respect_gitignore and hyp in self._oracles:
                 self._admitting += 1
-                self._spawn(self._admit(hyp, rels, chunk.first, chunk.last,
-                                        created.get(hyp, set())))
+                self._spawn(
+                    self._admit(hyp, rels, chunk.first, chunk.last, created.get(hyp, set()))
+                )
             else:
                 self.batcher.add(hyp, rels, chunk.first, chunk.last, created.get(hyp, ()))
         if per_hyp:
             self._arm_timer()
 
-    async def _admit(self, hyp: str, rels: set[str], first: float, last: float,
-                     created: set[str]) -> None:
+    async def _admit(
+        self, hyp: str, rels: set[str], first: float, last: float, created: set[str]
+    ) -> None:
         """Ask git which paths it ignores, then hand the rest to the batcher.
 
         While any admission is in flight the batch timer waits (``_on_timer``): closing a
@@ -529,9 +583,11 @@ class Daemon:
         planned = plan(changes, self.settings.scripts)
         jobs = [f"{h}/{s}" for h, names in planned.items() for s in names]
         self.log.info(
-            "batch_formed", batch_id=batch.batch_id,
+            "batch_formed",
+            batch_id=batch.batch_id,
             hypotheses={h: sorted(p)[:MAX_LOGGED_PATHS] for h, p in changes.items()},
-            changed_count=sum(len(p) for p in changes.values()), jobs=jobs,
+            changed_count=sum(len(p) for p in changes.values()),
+            jobs=jobs,
             reason=batch.reason,
         )
         for hyp, names in planned.items():
@@ -541,9 +597,14 @@ class Daemon:
     def _run_everything(self, hyps: list[str], reason: str) -> None:
         batch_id = self.batcher.next_batch_id()
         jobs = [(h, s.name) for h in hyps for s in self.settings.scripts]
-        self.log.info("batch_formed", batch_id=batch_id,
-                      hypotheses={h: [] for h in hyps}, changed_count=0,
-                      jobs=[f"{h}/{s}" for h, s in jobs], reason=reason)
+        self.log.info(
+            "batch_formed",
+            batch_id=batch_id,
+            hypotheses={h: [] for h in hyps},
+            changed_count=0,
+            jobs=[f"{h}/{s}" for h, s in jobs],
+            reason=reason,
+        )
         for hyp, name in jobs:
             self.scheduler.submit(JobRequest(hyp, name, batch_id, set()))
 
@@ -568,15 +629,25 @@ class Daemon:
         try:
             files = prepare_run_files(self.runs_dir, wt.id, script.name, job_id, req.changed)
         except OSError as exc:
-            self.log.warning("run_log_unavailable", hypothesis=wt.id, script=script.name,
-                             path=os.fsdecode(self.runs_dir), error=str(exc))
+            self.log.warning(
+                "run_log_unavailable",
+                hypothesis=wt.id,
+                script=script.name,
+                path=os.fsdecode(self.runs_dir),
+                error=str(exc),
+            )
             files = None
-        spec = make_spec(wt, script, batch_id=req.batch_id, job_id=job_id, files=files,
-                         base_env=self.env)
+        spec = make_spec(
+            wt, script, batch_id=req.batch_id, job_id=job_id, files=files, base_env=self.env
+        )
         log_path = spec.log_path
         argv = spec.argv
-        common = {"batch_id": req.batch_id, "job_id": job_id, "hypothesis": wt.id,
-                  "script": script.name}
+        common = {
+            "batch_id": req.batch_id,
+            "job_id": job_id,
+            "hypothesis": wt.id,
+            "script": script.name,
+        }
         started_wall = time.time()
         started = time.monotonic()
         pid_box: list[int] = []
@@ -584,15 +655,28 @@ class Daemon:
         def on_started(pid: int) -> None:
             pid_box.append(pid)
             try:
-                self.ledger.add(ledger.JobRecord.for_process(
-                    job_id=job_id, hypothesis=wt.id, script=script.name, pid=pid,
-                    batch_id=req.batch_id, started_at=started_wall))
+                self.ledger.add(
+                    ledger.JobRecord.for_process(
+                        job_id=job_id,
+                        hypothesis=wt.id,
+                        script=script.name,
+                        pid=pid,
+                        batch_id=req.batch_id,
+                        started_at=started_wall,
+                    )
+                )
             except OSError as exc:
-                self.log.warning("ledger_write_failed", path=os.fsdecode(self.jobs_dir),
-                                 error=str(exc))
+                self.log.warning(
+                    "ledger_write_failed", path=os.fsdecode(self.jobs_dir), error=str(exc)
+                )
             self.board.update(
-                wt.id, script.name, state="running", started_at=iso(started_wall),
-                finished_at=None, job_id=job_id, batch_id=req.batch_id,
+                wt.id,
+                script.name,
+                state="running",
+                started_at=iso(started_wall),
+                finished_at=None,
+                job_id=job_id,
+                batch_id=req.batch_id,
                 log_path=_path_or_none(log_path),
             )
             # Status first, then the log line: whoever reads the log and then the status
@@ -607,43 +691,71 @@ class Daemon:
         except asyncio.CancelledError:
             cancelled = True
             outcome = JobOutcome(
-                result="cancelled", exit_code=None, duration_s=time.monotonic() - started,
-                output_tail=_read_tail(log_path), pid=pid_box[0] if pid_box else None,
-                started_at=started_wall, finished_at=time.time(),
+                result="cancelled",
+                exit_code=None,
+                duration_s=time.monotonic() - started,
+                output_tail=_read_tail(log_path),
+                pid=pid_box[0] if pid_box else None,
+                started_at=started_wall,
+                finished_at=time.time(),
             )
         except Exception as exc:  # a runner bug or an OS failure: report it as the job's error
             self.log.exception("job_crashed", **common)
             outcome = JobOutcome(
-                result="error", exit_code=None, duration_s=time.monotonic() - started,
-                output_tail="", error_message=f"{type(exc).__name__}: {exc}",
-                started_at=started_wall, finished_at=time.time(),
+                result="error",
+                exit_code=None,
+                duration_s=time.monotonic() - started,
+                output_tail="",
+                error_message=f"{type(exc).__name__}: {exc}",
+                started_at=started_wall,
+                finished_at=time.time(),
             )
         finally:
             try:
                 self.ledger.remove(job_id)
             except OSError as exc:
-                self.log.warning("ledger_write_failed", path=os.fsdecode(self.jobs_dir),
-                                 error=str(exc))
+                self.log.warning(
+                    "ledger_write_failed", path=os.fsdecode(self.jobs_dir), error=str(exc)
+                )
         self._finish(req, wt, script, job_id, log_path, outcome, common)
         if cancelled:
             raise asyncio.CancelledError
 
-    def _finish(self, req: JobRequest, wt: Worktree, script: ScriptSettings, job_id: str,
-                log_path: Path | None, outcome: JobOutcome, common: dict[str, Any]) -> None:
+    def _finish(
+        self,
+        req: JobRequest,
+        wt: Worktree,
+        script: ScriptSettings,
+        job_id: str,
+        log_path: Path | None,
+        outcome: JobOutcome,
+        common: dict[str, Any],
+    ) -> None:
         tail = outcome.output_tail
         if outcome.error_message and outcome.error_message not in tail:
             tail = (tail + ("\n" if tail else "") + outcome.error_message)[-2048:]
         duration = round(outcome.duration_s, 3)
         self.board.update(
-            wt.id, script.name, state=outcome.result, last_result=outcome.result,
-            exit_code=outcome.exit_code, duration_s=duration,
+            wt.id,
+            script.name,
+            state=outcome.result,
+            last_result=outcome.result,
+            exit_code=outcome.exit_code,
+            duration_s=duration,
             started_at=iso(outcome.started_at) if outcome.started_at else None,
-            finished_at=iso(outcome.finished_at or time.time()), job_id=job_id,
-            batch_id=req.batch_id, log_path=_path_or_none(log_path), output_tail=tail,
+            finished_at=iso(outcome.finished_at or time.time()),
+            job_id=job_id,
+            batch_id=req.batch_id,
+            log_path=_path_or_none(log_path),
+            output_tail=tail,
         )
         fields: dict[str, Any] = dict(
-            common, result=outcome.result, exit_code=outcome.exit_code, duration_s=duration,
-            log_path=_path_or_none(log_path), output_tail=tail,
+            common,
+            result=outcome.result,
+            exit_code=outcome.exit_code,
+            duration_s=duration,
+            log_path=_path_or_none(log_path),
+            output_tail=tail,
         )
         if outcome.error_message:
             fields["error"] = outcome.error_message
@@ -653,8 +765,9 @@ class Daemon:
         try:
             prune_runs(self.runs_dir / wt.id / script.name, self.settings.daemon.keep_runs)
         except OSError as exc:
-            self.log.warning("run_prune_failed", hypothesis=wt.id, script=script.name,
-                             error=str(exc))
+            self.log.warning(
+                "run_prune_failed", hypothesis=wt.id, script=script.name, error=str(exc)
+            )
 
     # == status ===========================================================================
     def _write_status(self) -> None:
@@ -678,8 +791,11 @@ class Daemon:
                 self._status_retry = loop.call_later(STATUS_RETRY_S, self._retry_status)
         else:
             if self._status_error:
-                self.log.info("status_write_recovered", path=os.fsdecode(path),
-                              previous_error=self._status_error)
+                self.log.info(
+                    "status_write_recovered",
+                    path=os.fsdecode(path),
+                    previous_error=self._status_error,
+                )
                 self._status_error = self._status_error_kind = ""
         line = summary_line(self.board.doc)
         if line != self._last_status_line:
@@ -703,8 +819,11 @@ class Daemon:
             self._preflight(new)
         except ConfigError as exc:
             errors = getattr(exc, "errors", None) or [str(exc)]
-            self.log.error("config_invalid", errors=list(errors),
-                           config_path=_path_or_none(self.settings.config_path))
+            self.log.error(
+                "config_invalid",
+                errors=list(errors),
+                config_path=_path_or_none(self.settings.config_path),
+            )
             self.board.set_daemon_state("idle")  # _write_status refines idle/running
             self._write_status()
             self.notifier.ready()
@@ -732,8 +851,12 @@ class Daemon:
             await self._apply_worktrees(found)
         self.board.set_daemon_state("idle")
         self._write_status()
-        self.log.info("config_reloaded", config_path=_path_or_none(new.config_path),
-                      hypotheses=len(self.worktrees), scripts=len(new.scripts))
+        self.log.info(
+            "config_reloaded",
+            config_path=_path_or_none(new.config_path),
+            hypotheses=len(self.worktrees),
+            scripts=len(new.scripts),
+        )
         self.notifier.ready()
 
     def _preflight(self, new: Settings) -> None:
@@ -752,8 +875,7 @@ class Daemon:
                 configure_logging(d.log_level, d.log_file)  # the old sink stays on failure
             except OSError as exc:
                 raise ConfigError(
-                    f"{source}: daemon.log_file: cannot open {d.log_file}: "
-                    f"{exc.strerror or exc}"
+                    f"{source}: daemon.log_file: cannot open {d.log_file}: {exc.strerror or exc}"
                 ) from exc
             self.log = get_logger()
 
@@ -772,8 +894,13 @@ class _Hooks(SchedulerHooks):
         cell = self.d.board.cell(req.hypothesis, req.script)
         if cell is not None and cell["state"] == "queued":
             cell["state"] = cell["last_result"] or "never_run"
-        self.d.log.info("job_dropped", hypothesis=req.hypothesis, script=req.script,
-                        batch_id=req.batch_id, reason=reason)
+        self.d.log.info(
+            "job_dropped",
+            hypothesis=req.hypothesis,
+            script=req.script,
+            batch_id=req.batch_id,
+            reason=reason,
+        )
         self.d._write_status()
 
     def idle(self) -> None:

@@ -127,8 +127,11 @@ class Scheduler:
         if self._stopping:
             return
         while len(self.running) < self.concurrency:
-            ready = [(self._priority(k), s.seq, k) for k, s in self._slots.items()
-                     if s.waiting is not None and s.running is None]
+            ready = [
+                (self._priority(k), s.seq, k)
+                for k, s in self._slots.items()
+                if s.waiting is not None and s.running is None
+            ]
             if not ready:
                 return
             _, _, key = min(ready)

@@ -20,8 +20,8 @@ import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..store.folders import make_dirs
 from . import janitor
-from .folders import make_dirs
 
 
 @dataclass(frozen=True)

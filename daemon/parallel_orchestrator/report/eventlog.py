@@ -19,18 +19,33 @@ from typing import Any, TextIO
 
 import structlog
 
-from .folders import make_dirs
+from ..store.folders import make_dirs
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 # The events the design makes a contract: consumers (dashboards, agents, our checks) rely
 # on seeing every one of them, so ``log_level`` filters only the others.
-CONTRACT_EVENTS = frozenset({
-    "daemon_started", "worktree_added", "worktree_removed", "batch_formed", "job_started",
-    "job_finished", "config_reloaded", "config_invalid", "daemon_stopping", "daemon_stopped",
-    "status_write_failed", "watcher_restarted",
-})
+CONTRACT_EVENTS = frozenset(
+    {
+        "daemon_started",
+        "worktree_added",
+        "worktree_removed",
+        "batch_formed",
+        "job_started",
+        "job_finished",
+        "config_reloaded",
+        "config_invalid",
+        "daemon_stopping",
+        "daemon_stopped",
+        "status_write_failed",
+        "watcher_restarted",
+    }
+)
 
 
 class JsonLineSink:
@@ -109,8 +124,9 @@ class _LevelFilter:
     def __init__(self, level: int) -> None:
         self.level = level
 
-    def __call__(self, _: Any, method: str, event_dict: MutableMapping[str, Any]
-                 ) -> MutableMapping[str, Any]:
+    def __call__(
+        self, _: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         level = LEVELS.get("warning" if method == "warn" else method, logging.ERROR)
         if level < self.level and event_dict.get("event") not in CONTRACT_EVENTS:
             raise structlog.DropEvent
@@ -138,8 +154,9 @@ def _json_default(obj: object) -> object:
 _sink: JsonLineSink | None = None
 
 
-def configure_logging(level: str = "info", log_file: Path | None = None,
-                      stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", log_file: Path | None = None, stream: TextIO | None = None
+) -> None:
     """(Re)configure the process-wide logger; the previous sink is closed."""
     global _sink
     old = _sink

@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .folders import make_dirs
+from ..store.folders import make_dirs
 
 if TYPE_CHECKING:
     from .runner import JobSpec

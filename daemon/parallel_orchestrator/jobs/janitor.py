@@ -404,9 +404,7 @@ async def sweep_adopted(
         delay = min(delay * 2, 0.05)
 
 
-async def sweep_marked(
-    job_id: str, pgid: int | None, *, deadline_s: float = 5.0
-) -> SweepReport:
+async def sweep_marked(job_id: str, pgid: int | None, *, deadline_s: float = 5.0) -> SweepReport:
     """Without subreaper: full /proc scans, SIGKILL what belongs to the job, until none is left.
 
     The processes found are not our children (init reaps them), so nothing is reaped here.

@@ -1,0 +1,1 @@
+"""CLI commands beyond the daemon: once, init, demo."""

@@ -1,0 +1,1 @@
+"""Running one job: its spec, spawning, process-group supervision, output, crash ledger."""

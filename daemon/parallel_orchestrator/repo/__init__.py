@@ -1,0 +1,1 @@
+"""Where hypotheses come from: git worktrees, ignore filters, path globs."""

@@ -1,0 +1,1 @@
+"""The long-running daemon: lifecycle, wiring of the pipeline, systemd notify."""

@@ -1,0 +1,1 @@
+"""The TOML configuration: discovery, validation, resolved settings."""

@@ -1,0 +1,1 @@
+"""Files in the owner-only state dir: folders with exact modes."""
