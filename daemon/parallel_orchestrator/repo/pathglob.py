@@ -35,7 +35,8 @@ def _translate(pattern: str) -> str:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            j = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "^") else i + 1)
+            # As in fnmatch, a "]" first in the set (after any "!") is a literal member.
+            j = pattern.find("]", i + 3 if pattern[i + 1 : i + 2] in ("!", "^") else i + 2)
             if j == -1:
                 out.append(re.escape(c))
             else:
@@ -50,14 +51,34 @@ def _translate(pattern: str) -> str:
     return "".join(out)
 
 
+class GlobError(ValueError):
+    """A glob that cannot be compiled (e.g. the reversed range ``[z-a]``); one line."""
+
+
 @lru_cache(maxsize=1024)
 def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Compile a worktree-relative glob; a leading ``/`` or ``./`` is ignored."""
+    """Compile a worktree-relative glob; a leading ``/`` or ``./`` is ignored.
+
+    Raises GlobError for a pattern no path could be matched against, so the config
+    loader can reject it up front instead of a batch failing later.
+    """
     p = pattern
     while p.startswith("./"):
         p = p[2:]
     p = p.lstrip("/")
-    return re.compile(r"\A" + _translate(p) + r"\Z", re.DOTALL)
+    try:
+        return re.compile(r"\A" + _translate(p) + r"\Z", re.DOTALL)
+    except re.error as exc:
+        raise GlobError(f"invalid glob {pattern!r}: {exc.msg}") from exc
+
+
+def glob_problem(pattern: str) -> str:
+    """Why ``pattern`` is not a usable glob, or '' when it is (for config validation)."""
+    try:
+        compile_glob(pattern)
+    except GlobError as exc:
+        return str(exc)
+    return ""
 
 
 def matches_any(relpath: str, patterns: tuple[str, ...] | list[str]) -> bool:

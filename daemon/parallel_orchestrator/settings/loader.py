@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from ..repo.pathglob import glob_problem
+
 OnBusy = Literal["restart", "queue", "ignore"]
 
 CONFIG_ENV_VAR = "PARALLEL_ORCHESTRATOR_CONFIG"
@@ -37,6 +39,7 @@ DEFAULT_WATCH: tuple[str, ...] = ("**/*.py",)
 _SCRIPT_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_LOCATION_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
+_MAX_NESTING = 32  # no real config nests more than a few levels
 _INT64_MAX = 2**63 - 1  # TOML integers are 64-bit; larger ones would overflow timers
 
 
@@ -238,10 +241,37 @@ def load_settings(
     text = _read_config_text(path)
     source = _show_path(path)
     try:
-        document = tomllib.loads(text)
+        document = tomllib.loads(text.removeprefix("\ufeff"))  # editors may write a BOM
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {_describe_toml_error(exc, text)}") from exc
+    except RecursionError as exc:  # tomllib parses nested arrays recursively
+        raise ConfigError(
+            f"{source}: values nested too deeply (more than {_MAX_NESTING} levels)"
+        ) from exc
+    too_deep = _too_deep_key(document)
+    if too_deep:
+        raise ConfigError(
+            f"{source}: {too_deep}: values nested too deeply (more than {_MAX_NESTING} levels)"
+        )
     return settings_from_document(document, path, env)
+
+
+def _too_deep_key(document: Mapping[str, Any]) -> str:
+    """The top-level key holding values nested beyond ``_MAX_NESTING`` ('' when none).
+
+    Checked without recursion, so that later recursive steps (error rendering, a reload
+    inside the daemon's deeper stack) never meet a document deep enough to overflow.
+    """
+    for key, value in document.items():
+        stack: list[tuple[Any, int]] = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if depth > _MAX_NESTING:
+                return _key_part(str(key))
+            children = item.values() if isinstance(item, dict) else item
+            if isinstance(item, dict | list):
+                stack.extend((child, depth + 1) for child in children)
+    return ""
 
 
 def locate_and_load(
@@ -338,17 +368,17 @@ def _file_permission_problems(path: Path, st: os.stat_result) -> list[str]:
 
 
 def folder_permission_problems(path: Path) -> list[str]:
-    """The folder matters too: whoever can write it can replace the file.
+    """The folders matter too: whoever can write one can replace what lies below it.
 
-    Both the folder as named and the folder of the symlink target are checked. A
-    sticky folder (like /tmp) is fine: others cannot replace a file they do not own.
+    As OpenSSH's StrictModes does, every folder from the file up to ``/`` is checked:
+    along the path as named, along the real path, and at every symlink met on the way
+    (a link in a world-writable folder can be swapped for one to any file). A sticky
+    folder (like /tmp) is fine: others cannot replace an entry they do not own.
     """
     if os.name != "posix":
         return []
-    folders = dict.fromkeys([Path(os.path.dirname(os.path.abspath(path)))])
-    folders[Path(os.path.dirname(os.path.realpath(path)))] = None
     problems = []
-    for folder in folders:
+    for folder in _folders_trusted_by(path):
         try:
             st = os.stat(folder)
         except OSError as exc:
@@ -366,6 +396,29 @@ def folder_permission_problems(path: Path) -> list[str]:
                 f"user ({_show_path(folder)}, uid {st.st_uid})"
             )
     return problems
+
+
+def _folders_trusted_by(path: Path) -> list[Path]:
+    """Every folder whose writers could change which file ``path`` names, nearest first."""
+    folders: dict[str, None] = {}
+
+    def add_ancestors(folder: str) -> None:
+        while True:
+            folders.setdefault(folder, None)
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                return
+            folder = parent
+
+    hop = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on symlink hops
+        add_ancestors(os.path.dirname(hop))
+        real_folder = os.path.realpath(os.path.dirname(hop))
+        add_ancestors(real_folder)
+        if not os.path.islink(hop):
+            break
+        hop = os.path.normpath(os.path.join(real_folder, os.readlink(hop)))
+    return [Path(folder) for folder in folders]
 
 
 # --------------------------------------------------------------------------- validation
@@ -465,7 +518,7 @@ def _worktrees(
     paths_raw = _string_list(table, "paths", k, (), errs, paths=True)
     include = _string_list(table, "include", k, ("*",), errs)
     exclude = _string_list(table, "exclude", k, (), errs)
-    ignore = _string_list(table, "ignore", k, (), errs)
+    ignore = _glob_list(table, "ignore", k, (), errs)
     respect = _boolean(table, "respect_gitignore", k, True, errs)
     if repo_raw == "" and paths_raw == ():
         errs.add("worktrees", 'nothing to watch: repo is "" and paths is empty')
@@ -516,7 +569,7 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
     k = key + "."
     name = _script_name(table, k, errs)
     command = _command(table, k, errs)
-    watch = _string_list(table, "watch", k, DEFAULT_WATCH, errs)
+    watch = _glob_list(table, "watch", k, DEFAULT_WATCH, errs)
     timeout_s = _number(table, "timeout_s", k, 300.0, errs, allow_zero=False)
     kill_grace_s = _number(table, "kill_grace_s", k, 5.0, errs, allow_zero=True)
     env = _env_table(table, k, errs)
@@ -736,6 +789,21 @@ def _string_list(
             errs.add(f"{k}{key}[{index}]", f"expected a non-empty string, got {_show(item)}")
             ok = False
     return tuple(raw) if ok else None
+
+
+def _glob_list(
+    table: Mapping[str, Any], key: str, k: str, default: tuple[str, ...], errs: _Errors
+) -> tuple[str, ...] | None:
+    """A list of worktree-relative globs, each compiled now: a bad one (``[z-a]``) is a
+    config error naming its key, not a failure in the first batch or a reload."""
+    globs = _string_list(table, key, k, default, errs)
+    if globs is None:
+        return None
+    problems = [(index, glob_problem(item)) for index, item in enumerate(globs)]
+    for index, problem in problems:
+        if problem:
+            errs.add(f"{k}{key}[{index}]", problem)
+    return None if any(problem for _, problem in problems) else globs
 
 
 # --------------------------------------------------------------------------- rendering
