@@ -61,8 +61,11 @@ class _Place:
     __slots__ = ("path", "scripts", "text")
 
     def __init__(self, worktree: Path | str) -> None:
-        self.path = Path(worktree)
-        self.text = str(self.path)
+        # A relative worktree means relative to the caller's current folder, for finding
+        # the script and for running it alike: resolved once here, since the job itself
+        # starts inside the worktree (where a relative script path would point elsewhere).
+        self.path = Path(os.path.abspath(worktree))
+        self.text = str(Path(worktree))  # as the caller gave it, for the result
         self.scripts = str(self.path / ".falsification")
 
     def script(self, hypothesis: Hypothesis) -> str:
@@ -115,8 +118,16 @@ class AsyncTestExecutor:
     def script_path(hypothesis: Hypothesis, worktree: Path) -> Path:
         return Path(worktree) / ".falsification" / f"test_{hypothesis.id}.sh"
 
+    def _calculate_confidence(self, result: TestResult, duration: float) -> float:
+        """The original tool's name for ``confidence_for``; its own test suite calls it."""
+        return confidence_for(result, duration)
+
     def _error(
-        self, hypothesis: Hypothesis, worktree: Path | None, message: str, duration: float = 0.0
+        self,
+        hypothesis: Hypothesis,
+        worktree: Path | str | None,
+        message: str,
+        duration: float = 0.0,
     ) -> TestExecutionResult:
         return TestExecutionResult(
             hypothesis_id=hypothesis.id,
@@ -134,7 +145,7 @@ class AsyncTestExecutor:
         cfg = self.config
         env = dict(base_env)
         env["PO_HYPOTHESIS"] = hypothesis.id
-        env["PO_WORKTREE"] = place.text
+        env["PO_WORKTREE"] = str(place.path)  # absolute: the job runs inside it
         log_path = None
         if cfg.log_dir is not None:
             log_path = Path(cfg.log_dir) / (urllib.parse.quote(hypothesis.id, safe="") + ".log")
@@ -189,11 +200,11 @@ class AsyncTestExecutor:
         # A missing script is found by the spawn failing (no stat per job); it is checked
         # up front only when a log is kept, since run_job creates the log file first.
         if spec.log_path is not None and not os.path.isfile(script):
-            return self._error(hypothesis, place.path, f"test script not found: {script}")
+            return self._error(hypothesis, place.text, f"test script not found: {script}")
         outcome = await run_job(spec)
         if outcome.pid is None and outcome.result == "error" and not os.path.isfile(script):
             # Never ran, and no script there (or a missing worktree): as the original said.
-            return self._error(hypothesis, place.path, f"test script not found: {script}")
+            return self._error(hypothesis, place.text, f"test script not found: {script}")
         return self._from_outcome(hypothesis, place.text, outcome, spec)
 
     async def execute_parallel_async(

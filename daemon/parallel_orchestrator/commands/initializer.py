@@ -533,6 +533,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print and to write as UTF-8: undecodable bytes of a file name
+    (surrogate escapes) and control characters are shown as backslash escapes."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in raw
+    )
+
+
 def default_output(repo_root: Path) -> Path:
     """Beside the code, under the name the daemon looks for in its working folder."""
     return repo_root / LOCAL_CONFIG_NAME
@@ -563,7 +572,13 @@ def init_config(
         target = output if output.is_absolute() else cwd / output
     target = Path(os.path.normpath(target))
     proposal, notes = _propose(root, config_file=target, worktrees=list_worktrees(root))
-    text = render_config(proposal, make_header(root, notes, now))
+    notes = [printable(note) for note in notes]  # file names need not be UTF-8
+    text = render_config(proposal, make_header(Path(printable(os.fsdecode(root))), notes, now))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # TOML is UTF-8; a path outside it cannot be written
+        bad = printable(exc.object[max(0, exc.start - 40) : exc.end + 40])
+        raise InitError(f"{target}: a path is not valid UTF-8, TOML cannot hold it: {bad}") from exc
     try:
         settings_from_document(tomllib.loads(text), target, env)
     except (ConfigError, tomllib.TOMLDecodeError) as exc:

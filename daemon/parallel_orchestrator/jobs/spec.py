@@ -8,6 +8,7 @@ placeholders, the same ``PO_*`` variables, the same run-log layout
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,15 @@ class RunFiles:
     changed_z: Path  # NUL-separated (PO_CHANGED_FILE_Z): names may contain newlines
 
 
-def substitute(item: str, wt: Worktree) -> str:
-    """Placeholders by plain replacement: braces elsewhere (``find -exec {}``) stay as-is."""
-    return (
-        item.replace("{hypothesis}", wt.id)
-        .replace("{worktree}", os.fsdecode(wt.path))
-        .replace("{branch}", wt.branch)
-    )
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def substitute(item: str, wt: Worktree, extra: Mapping[str, str] | None = None) -> str:
+    """Placeholders in one pass: a value that itself contains ``{branch}`` (a folder
+    named so) is never substituted again; braces elsewhere (``find -exec {}``) stay."""
+    values = {"hypothesis": wt.id, "worktree": os.fsdecode(wt.path), "branch": wt.branch}
+    values.update(extra or {})
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), item)
 
 
 def _write_private(path: Path, data: bytes) -> None:
