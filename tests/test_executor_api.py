@@ -312,9 +312,9 @@ async def test_normal_path_touches_no_proc(worktree: Path, monkeypatch: pytest.M
     def forbidden(*_args: object, **_kwargs: object) -> object:
         raise AssertionError("the normal path touched /proc")
 
-    for name in ("_read", "_all_pids", "children_of_self", "sweep_marked", "sweep_adopted"):
+    for name in ("read_proc", "all_pids", "children_of_self", "sweep_marked", "sweep_adopted"):
         monkeypatch.setattr(janitor, name, forbidden)
-    monkeypatch.setattr(runner, "_EOF_GRACE_S", 30.0)
+    monkeypatch.setattr(runner, "EOF_GRACE_S", 30.0)
     ids = [f"n{i}" for i in range(24)]
     for hid in ids:
         add_script(worktree, hid, "echo out; echo err >&2")

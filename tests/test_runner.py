@@ -307,7 +307,7 @@ async def test_split_stderr_reports_the_streams_apart(tmp_path: Path) -> None:
 
 
 async def test_split_stderr_without_pidfd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spawner, "_pidfd_ok", False)
+    monkeypatch.setattr(leaderwatch, "have_pidfd", lambda: False)
     out = await run_job(
         spec(tmp_path, "sh", "-c", "echo out; echo err >&2", split_stderr=True, capture_bytes=64)
     )
@@ -415,7 +415,7 @@ async def test_no_thread_per_job(tmp_path: Path) -> None:
         for _ in range(12)
     ]
     assert await wait_until(lambda: len(runner.job_leaders()) >= 12)
-    assert threading.active_count() <= threads_before + spawner._SPAWN_THREADS
+    assert threading.active_count() <= threads_before + spawner.SPAWN_THREADS
     go.touch()
     assert {(await j).result for j in jobs} == {"pass"}
 
@@ -477,7 +477,7 @@ async def test_without_pidfd_the_exit_is_awaited_in_a_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The portable fallback (no pidfd: not Linux, or kernel < 5.3) gives the same results."""
-    monkeypatch.setattr(spawner, "_pidfd_ok", False)
+    monkeypatch.setattr(leaderwatch, "have_pidfd", lambda: False)
     ok = await run_job(spec(tmp_path, "sh", "-c", "echo fine; exit 0"))
     assert (ok.result, ok.output_tail) == ("pass", "fine\n")
     bad = await run_job(spec(tmp_path, "sh", "-c", "exit 7"))
@@ -537,10 +537,10 @@ def test_finished_loops_keep_no_descriptors(tmp_path: Path) -> None:
 async def test_idle_watcher_is_closed_while_the_loop_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(leaderwatch, "_MUX_IDLE_S", 0.05)
+    monkeypatch.setattr(leaderwatch, "MUX_IDLE_S", 0.05)
     loop = asyncio.get_running_loop()
     assert (await run_job(spec(tmp_path, "true"))).result == "pass"
-    assert await wait_until(lambda: loop not in leaderwatch._muxes, timeout=5)
+    assert await wait_until(lambda: not leaderwatch.has_mux(loop), timeout=5)
     assert (await run_job(spec(tmp_path, "echo", "again"))).output_tail == "again\n"
 
 
@@ -549,18 +549,18 @@ def test_spawn_for_a_closed_loop_is_killed_and_reaped(
 ) -> None:
     """Its task is gone, so nobody would ever watch that leader: the spawn thread ends it."""
     spawned: list[subprocess.Popen[bytes]] = []
-    real_spawn = spawner._spawn
+    real_spawn = spawner.spawn
 
-    def recording_spawn(job: JobSpec, env: dict[str, str]) -> spawner._Spawned:
+    def recording_spawn(job: JobSpec, env: dict[str, str]) -> spawner.Spawned:
         result = real_spawn(job, env)
         spawned.append(result.popen)
         return result
 
-    monkeypatch.setattr(spawner, "_spawn", recording_spawn)
+    monkeypatch.setattr(spawner, "spawn", recording_spawn)
     loop = asyncio.new_event_loop()
     loop.close()
     delivered: list[object] = []
-    spawner._spawner().submit(loop, spec(tmp_path, "sleep", "300"), dict(ENV), delivered.append)
+    spawner.spawn_pool().submit(loop, spec(tmp_path, "sleep", "300"), dict(ENV), delivered.append)
     deadline = time.monotonic() + 20
     while not (spawned and spawned[0].returncode is not None) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -570,7 +570,7 @@ def test_spawn_for_a_closed_loop_is_killed_and_reaped(
 
 
 async def test_stdin_is_devnull_even_if_our_descriptor_was_replaced(tmp_path: Path) -> None:
-    fd = spawner._devnull_fd()
+    fd = spawner.devnull_fd()
     secret = tmp_path / "secret"
     secret.write_text("not for jobs\n")
     other = os.open(secret, os.O_RDONLY)
@@ -579,7 +579,7 @@ async def test_stdin_is_devnull_even_if_our_descriptor_was_replaced(tmp_path: Pa
     try:
         out = await run_job(spec(tmp_path, "cat"))
         assert (out.result, out.output_tail) == ("pass", "")
-        assert spawner._devnull_fd() != fd
+        assert spawner.devnull_fd() != fd
     finally:
         os.close(fd)
 
@@ -588,7 +588,7 @@ async def test_exit_is_still_watched_when_no_pidfd_can_be_opened(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """E.g. EMFILE when a leader outlives its output: a thread waits for it instead."""
-    if not spawner._have_pidfd():
+    if not leaderwatch.have_pidfd():
         pytest.skip("no pidfd support here")
 
     def no_pidfd(pid: int, flags: int = 0) -> int:
@@ -608,7 +608,7 @@ def test_spawn_pool_without_any_thread_queues_nothing(
     def cannot_start(self: threading.Thread) -> None:
         raise RuntimeError("can't start new thread")
 
-    pool = spawner._SpawnPool(2)
+    pool = spawner.SpawnPool(2)
     loop = asyncio.new_event_loop()
     monkeypatch.setattr(threading.Thread, "start", cannot_start)
     try:
@@ -616,7 +616,7 @@ def test_spawn_pool_without_any_thread_queues_nothing(
             pool.submit(loop, spec(tmp_path, "true"), dict(ENV), print)
     finally:
         loop.close()
-    assert pool._requests.empty()
+    assert pool.queued() == 0
 
 
 async def test_exit_before_the_deadline_is_not_a_timeout_even_if_unnoticed(
@@ -624,7 +624,7 @@ async def test_exit_before_the_deadline_is_not_a_timeout_even_if_unnoticed(
 ) -> None:
     """The leader exits, a background child holds the pipe, and the exit is not watched
     yet when the time is up: the deadline checks the exit itself, and the job failed."""
-    monkeypatch.setattr(leaderwatch, "_EXIT_WATCH_DELAY_S", 60.0)
+    monkeypatch.setattr(leaderwatch, "EXIT_WATCH_DELAY_S", 60.0)
     job = script(tmp_path, "bg.sh", "#!/bin/sh\nsleep 300 &\necho $! > bg.pid\nexit 5\n")
     out = await run_job(spec(tmp_path, str(job), timeout_s=2.0, kill_grace_s=5.0))
     assert (out.result, out.exit_code) == ("fail", 5)

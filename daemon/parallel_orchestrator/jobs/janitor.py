@@ -114,7 +114,7 @@ def is_subreaper() -> bool:
     return _subreaper
 
 
-def _read(path: str, limit: int = -1) -> bytes | None:
+def read_proc(path: str, limit: int = -1) -> bytes | None:
     """Read a /proc file; None when the process is gone or not ours to read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -152,7 +152,7 @@ def parse_stat(pid: int, data: bytes) -> ProcStat:
 
 def read_stat(pid: int) -> ProcStat | None:
     """The process's stat line, or None when it no longer exists."""
-    data = _read(f"{_PROC}/{pid}/stat", 1024)
+    data = read_proc(f"{_PROC}/{pid}/stat", 1024)
     if not data:
         return None
     return parse_stat(pid, data)
@@ -166,7 +166,7 @@ def process_start_time(pid: int) -> int | None:
 
 def boot_id() -> str:
     """This boot's id: start times from another boot mean nothing."""
-    data = _read(f"{_PROC}/sys/kernel/random/boot_id")
+    data = read_proc(f"{_PROC}/sys/kernel/random/boot_id")
     return "" if data is None else data.decode("ascii", "replace").strip()
 
 
@@ -176,11 +176,12 @@ def has_marker(pid: int, job_id: str) -> bool:
 
 
 def _env_has(pid: int, entry: bytes) -> bool:
-    data = _read(f"{_PROC}/{pid}/environ")
+    data = read_proc(f"{_PROC}/{pid}/environ")
     return bool(data) and entry in data.split(b"\0")
 
 
-def _all_pids() -> list[int]:
+def all_pids() -> list[int]:
+    """Every pid in /proc (a listing of the whole process table: slow path only)."""
     return [int(name) for name in os.listdir(_PROC) if name.isdigit()]
 
 
@@ -192,7 +193,7 @@ def find_marked(job_id: str) -> list[int]:
 def find_with_env(entry: str) -> list[int]:
     """Every process but us whose environment holds exactly ``entry`` (``NAME=value``)."""
     me = os.getpid()
-    return [pid for pid in _all_pids() if pid != me and _env_has(pid, entry.encode())]
+    return [pid for pid in all_pids() if pid != me and _env_has(pid, entry.encode())]
 
 
 def _children_via_task_files(pid: int) -> list[int] | None:
@@ -202,7 +203,7 @@ def _children_via_task_files(pid: int) -> list[int] | None:
         return None
     out: list[int] = []
     for tid in tids:
-        data = _read(f"{_PROC}/{pid}/task/{tid}/children")
+        data = read_proc(f"{_PROC}/{pid}/task/{tid}/children")
         if data is None:
             if not os.path.exists(f"{_PROC}/{pid}/task/{tid}"):
                 continue  # the thread ended meanwhile
@@ -222,8 +223,8 @@ def children_of_self() -> list[int]:
             return found
         _children_file_ok = False
     out = []
-    for pid in _all_pids():
-        data = _read(f"{_PROC}/{pid}/stat", 1024)
+    for pid in all_pids():
+        data = read_proc(f"{_PROC}/{pid}/stat", 1024)
         if data and parse_stat(pid, data).ppid == me:
             out.append(pid)
     return out
@@ -315,8 +316,8 @@ def live_group_members(pgid: int) -> list[int]:
     we cannot reap them (and some inits never do), but they no longer run.
     """
     out = []
-    for pid in _all_pids():
-        data = _read(f"{_PROC}/{pid}/stat", 1024)
+    for pid in all_pids():
+        data = read_proc(f"{_PROC}/{pid}/stat", 1024)
         if data:
             st = parse_stat(pid, data)
             if st.pgrp == pgid and st.state not in ("Z", "X"):
@@ -416,7 +417,7 @@ async def sweep_marked(job_id: str, pgid: int | None, *, deadline_s: float = 5.0
     while True:
         report.scans += 1
         alive = []
-        for pid in _all_pids():
+        for pid in all_pids():
             if pid == me:
                 continue
             st = read_stat(pid)

@@ -4,9 +4,9 @@ What a short job costs is mostly this per-job bookkeeping, so it is kept lean (e
 is explained where it is made): a loop's pipes and pidfds share one epoll of our own
 (``_Mux``) instead of costing an ``add_reader`` each; the leader is reaped when its output
 reaches EOF, and its exit is watched by a pidfd only when EOF does not come soon or a kill
-needs it (``_Child``); waits use one future each, not Event + wait_for. Without pidfds (not
-Linux, kernel < 5.3) the exit is awaited in a thread instead — correct, but one thread per
-job.
+needs it (``WatchedLeader``); waits use one future each, not Event + wait_for. Without
+pidfds (not Linux, kernel < 5.3) the exit is awaited in a thread instead — correct, but one
+thread per job.
 """
 
 from __future__ import annotations
@@ -17,19 +17,31 @@ import os
 import select
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from .spawner import _forget_leader, _have_pidfd
-
-if TYPE_CHECKING:
-    from .outputsink import _Capture, _Output
-    from .spawner import _Spawned
+from .leaders import forget_leader
+from .outputsink import Capture, JobOutput
+from .spawner import Spawned
 
 # A leader is normally reaped when its output reaches EOF; if that has not happened this
 # long after the start, its exit is watched directly (pidfd) from then on.
-_EXIT_WATCH_DELAY_S = 0.05
+EXIT_WATCH_DELAY_S = 0.05
+# A loop's mux is closed this long after its last descriptor went (see _Mux).
+MUX_IDLE_S = 1.0
 _READ_CHUNK = 256 * 1024
 _HAVE_EPOLL = hasattr(select, "epoll")
+_pidfd_ok: bool | None = None  # have_pidfd's answer, asked once
+
+
+def have_pidfd() -> bool:
+    """Whether leaders' exits can be watched by pidfds (Linux >= 5.3), else by threads."""
+    global _pidfd_ok
+    if _pidfd_ok is None:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            _pidfd_ok = True
+        except (AttributeError, OSError):
+            _pidfd_ok = False
+    return _pidfd_ok
 
 
 def _after_fork_in_child() -> None:
@@ -48,7 +60,7 @@ class _Mux:
     Why: ``loop.add_reader`` + ``remove_reader`` cost about 5.5 us of Python per
     descriptor (selector keys, a handle, transport checks), and a job has two or three;
     a raw epoll registration costs 1.4 us, and one loop callback dispatches all that are
-    ready. Closed after ``_MUX_IDLE_S`` without descriptors (not at once: with short jobs
+    ready. Closed after ``MUX_IDLE_S`` without descriptors (not at once: with short jobs
     the count touches zero between spawns hundreds of times a batch), and in any case
     when its loop is garbage-collected (``_muxes`` holds loops weakly, the mux holds none).
     """
@@ -78,7 +90,7 @@ class _Mux:
         self._epoll.unregister(fd)
         if not self._callbacks and not self._idle_check:
             self._idle_check = True
-            loop.call_later(_MUX_IDLE_S, self._close_if_idle, loop)
+            loop.call_later(MUX_IDLE_S, self._close_if_idle, loop)
 
     def _close_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         self._idle_check = False
@@ -105,7 +117,6 @@ class _Mux:
                 )
 
 
-_MUX_IDLE_S = 1.0
 _muxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mux] = weakref.WeakKeyDictionary()
 
 
@@ -124,13 +135,22 @@ def _mux_for(loop: asyncio.AbstractEventLoop) -> _Mux | None:
     return mux
 
 
-class _Child:
+def has_mux(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` holds an open mux (one epoll descriptor) at the moment."""
+    try:
+        mux = _muxes.get(loop)
+    except TypeError:  # a loop that takes no weak references never has one
+        return False
+    return mux is not None and not mux.closed
+
+
+class WatchedLeader:
     """A running leader, watched by the loop: output pipes into ``output``, and its exit.
 
     The exit, cheaply: the kernel closes a dying process's files just before it becomes a
     zombie, so when the output pipes reach EOF the leader has almost always exited, and
     one ``waitpid(WNOHANG)`` reaps it. Only if it has not (it closed its output but runs
-    on), or if EOF has not come within ``_EXIT_WATCH_DELAY_S`` (a background process may
+    on), or if EOF has not come within ``EXIT_WATCH_DELAY_S`` (a background process may
     hold the pipes forever), or once the runner needs the exit for a kill, is the exit
     watched: a pidfd on the loop (per job that is a pidfd_open, two epoll_ctl and a close
     saved for short jobs), or without pidfds a thread waiting.
@@ -141,7 +161,9 @@ class _Child:
     than asyncio.Event + wait_for (a task per call on 3.11), and runs several times a job.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, spawned: _Spawned, output: _Output) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, spawned: Spawned, output: JobOutput
+    ) -> None:
         self.loop = loop
         self.popen = spawned.popen
         self.pid = spawned.popen.pid
@@ -151,7 +173,7 @@ class _Child:
         self.time_is_up = False
         self._waiters: list[asyncio.Future[None]] = []
         captures = [output.stdout] if output.stderr is None else [output.stdout, output.stderr]
-        self._open: dict[int, _Capture] = {}
+        self._open: dict[int, Capture] = {}
         self._fds = list(zip(spawned.read_fds, captures, strict=True))
         self._exit_watched = False
         self._timer: asyncio.TimerHandle | None = None  # see start_clock
@@ -183,18 +205,18 @@ class _Child:
         for fd, capture in self._fds:
             self._open[fd] = capture
             self._watch_fd(fd, functools.partial(self._readable, fd))
-        if not _have_pidfd():
+        if not have_pidfd():
             self.watch_exit()  # a thread waits from the start; start_clock does the rest
 
     def start_clock(self, limit: float | None) -> None:
-        """Start the job's one timer: first, after ``_EXIT_WATCH_DELAY_S``, it watches the
+        """Start the job's one timer: first, after ``EXIT_WATCH_DELAY_S``, it watches the
         exit if EOF has not reaped the leader by then; then it ends the job's time, after
         ``limit`` seconds (None: no limit). One timer, not two: asyncio keeps timers in a
         heap ordered by Python-level comparisons, a visible cost per short job."""
         loop = self.loop
         self._deadline = None if limit is None else loop.time() + limit
-        if not self._exit_watched and (limit is None or limit > _EXIT_WATCH_DELAY_S):
-            self._timer = loop.call_later(_EXIT_WATCH_DELAY_S, self._tick)
+        if not self._exit_watched and (limit is None or limit > EXIT_WATCH_DELAY_S):
+            self._timer = loop.call_later(EXIT_WATCH_DELAY_S, self._tick)
         elif self._deadline is not None:
             self._timer = loop.call_at(self._deadline, self._time_up)
 
@@ -223,7 +245,7 @@ class _Child:
         if self.exited or self._exit_watched:
             return
         self._exit_watched = True
-        if _have_pidfd():
+        if have_pidfd():
             try:
                 self._pidfd = os.pidfd_open(self.pid)  # unreaped, so never ESRCH
                 self._watch_fd(self._pidfd, self._ended)
@@ -283,7 +305,7 @@ class _Child:
         self._changed()
 
     def _reaped(self) -> None:
-        _forget_leader(self.pid)
+        forget_leader(self.pid)
         self.exited = True
 
     def _changed(self) -> None:

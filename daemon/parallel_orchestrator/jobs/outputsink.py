@@ -14,12 +14,9 @@ import codecs
 import os
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..store.folders import make_dirs
-
-if TYPE_CHECKING:
-    from .runner import JobSpec
+from .model import JobSpec
 
 
 def make_private_dirs(directory: Path) -> None:
@@ -137,7 +134,7 @@ class _Log:
             self._fd = None
 
 
-class _Capture:
+class Capture:
     """What the outcome reports of one stream: its last ``tail_bytes``, and with
     ``capture_bytes`` the stream itself — whole if it fits, else the first and last halves
     around a cut marker. Holds at most ``max(capture_bytes, tail_bytes)`` bytes."""
@@ -194,16 +191,16 @@ class _Capture:
         return head + cut_marker(cut).decode() + tail
 
 
-class _Output:
+class JobOutput:
     """A job's output: each chunk goes to the log (if any) and to its stream's capture."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.log = _Log(spec.log_path, spec.max_log_bytes) if spec.log_path is not None else None
-        self.stdout = _Capture(spec.tail_bytes, spec.capture_bytes)
-        self.stderr = _Capture(spec.tail_bytes, spec.capture_bytes) if spec.split_stderr else None
+        self.stdout = Capture(spec.tail_bytes, spec.capture_bytes)
+        self.stderr = Capture(spec.tail_bytes, spec.capture_bytes) if spec.split_stderr else None
         self.read_error = ""
 
-    def write(self, capture: _Capture, data: bytes) -> None:
+    def write(self, capture: Capture, data: bytes) -> None:
         if self.log is not None:
             self.log.write(data)
         capture.write(data)

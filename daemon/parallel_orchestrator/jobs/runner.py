@@ -15,14 +15,14 @@ waits until the child has exec'd, so spawns are serialised on the loop; on a bus
 machine that made 500 short jobs 2-4x slower than the original thread pool (see
 docs/benchmarks.md, "Executor"). With the fork in a worker thread the loop keeps running,
 and we are as fast as the thread pool without a thread per job. That lives in
-``spawner`` (the pool and the registry of job leaders).
+``spawner`` (the pool) and ``leaders`` (the registry of job leaders).
 
 What a short job costs is mostly per-job bookkeeping, so the hot path is kept lean (each
 choice is explained where it is made): the spawn result reaches the loop by one
-``call_soon_threadsafe`` (``_SpawnPool``); a loop's pipes and pidfds share one epoll of our
-own (``_Mux``) instead of costing an ``add_reader`` each; the leader is reaped when its
-output reaches EOF, and its exit is watched by a pidfd only when EOF does not come soon
-or a kill needs it (``_Child``); waits use one future each, not Event + wait_for. Without
+``call_soon_threadsafe`` (``SpawnPool``); a loop's pipes and pidfds share one epoll of our
+own instead of costing an ``add_reader`` each; the leader is reaped when its output
+reaches EOF, and its exit is watched by a pidfd only when EOF does not come soon or a kill
+needs it (``WatchedLeader``); waits use one future each, not Event + wait_for. Without
 pidfds (not Linux, kernel < 5.3) the exit is awaited in a thread instead — correct, but
 one thread per job. The mux and the watching live in ``leaderwatch``.
 
@@ -33,8 +33,10 @@ separately); both pipes are watched by the loop the same way. Every buffer has a
 cap: a job printing gigabytes costs at most the log's and the captures' caps in memory
 (``outputsink``).
 
-This module keeps the job's life cycle — spec, outcome, environment scrubbing, and the
-kill-and-cleanup that ends every job — and is the API the rest of the package imports.
+This module keeps the job's life cycle — environment scrubbing, the run's steps (spawn,
+watch, await the end, clean up, report) and the kill-and-cleanup that ends every job — and
+is the API the rest of the package imports (``JobSpec`` and ``JobOutcome`` live in
+``model``, re-exported here).
 """
 
 from __future__ import annotations
@@ -47,21 +49,15 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from dataclasses import dataclass
 
 from . import janitor
 from .childwatch import install_child_watcher
-from .leaderwatch import _Child
-from .outputsink import _Output, cut_marker, make_private_dirs
-from .spawner import (
-    _Handoff,
-    _Spawned,
-    _spawner,
-    job_leaders,
-    reap_orphan_zombies,
-)
+from .leaders import job_leaders, reap_orphan_zombies
+from .leaderwatch import WatchedLeader
+from .model import JobOutcome, JobSpec, Result
+from .outputsink import JobOutput, cut_marker, make_private_dirs
+from .spawner import Handoff, Spawned, spawn_pool
 
 # Names other modules import from here (the runner is the package's job-running API).
 __all__ = [
@@ -79,56 +75,17 @@ __all__ = [
     "scrub_env",
 ]
 
-Result = Literal["pass", "fail", "timeout", "error", "cancelled"]
-
 # Variables a job must never inherit from a systemd-managed daemon.
 SCRUBBED_ENV_PREFIXES: tuple[str, ...] = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_")
 
 TIMEOUT_EXIT_CODE = 124
-# After the leader is gone, how long to wait for whoever still holds the output pipe.
-_DRAIN_TIMEOUT_S = 1.0
 # The kernel closes a dying process's files before it reports the exit, so EOF normally
 # arrives together with the exit; still open after this long means another holder.
-_EOF_GRACE_S = 0.1
+EOF_GRACE_S = 0.1
+# After the leader is gone, how long to wait for whoever still holds the output pipe.
+_DRAIN_TIMEOUT_S = 1.0
 # How long a SIGKILLed group or leader may take to disappear before we give up waiting.
 _KILL_WAIT_S = 2.0
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    argv: tuple[str, ...]
-    cwd: Path
-    env: dict[str, str]  # the complete environment of the child; scrubbed again by the runner
-    timeout_s: float  # <= 0 or inf: no limit
-    kill_grace_s: float = 5.0
-    job_id: str = ""  # also exported as PO_JOB_ID, the marker used to find escaped descendants
-    log_path: Path | None = None  # combined stdout+stderr, created 0600, capped (head + tail)
-    max_log_bytes: int = 8 * 1024 * 1024
-    tail_bytes: int = 2048
-    # stderr in its own pipe, reported apart (JobOutcome.stderr_*). The log still gets
-    # both, interleaved in the order the loop read them (exact order needs one pipe).
-    split_stderr: bool = False
-    # > 0: JobOutcome.output (and .stderr_output) hold each stream whole up to this many
-    # bytes; a longer stream keeps its first and last halves around a cut marker. This is
-    # held in memory per stream, so it is off for the daemon (its output goes to the log).
-    capture_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    result: Result
-    exit_code: int | None  # 124 on timeout; None when it never ran or was cancelled
-    duration_s: float
-    output_tail: str  # last ~tail_bytes of stdout (+stderr unless split), bad bytes replaced
-    error_message: str = ""
-    pid: int | None = None
-    started_at: float = 0.0  # time.time()
-    finished_at: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
-    stderr_tail: str = ""  # split_stderr: last ~tail_bytes of stderr
-    output: str = ""  # capture_bytes > 0: stdout (+stderr unless split), see JobSpec
-    stderr_output: str = ""  # capture_bytes > 0 and split_stderr: stderr, likewise
-
 
 _SCRUB_INITIALS = frozenset(p[0] for p in SCRUBBED_ENV_PREFIXES)
 
@@ -180,7 +137,7 @@ async def _end_job(
     spec: JobSpec,
     job_id: str,
     pid: int,
-    child: _Child,
+    child: WatchedLeader,
     kill: bool,
     hurry: asyncio.Event,
     eof_grace_s: float,
@@ -245,32 +202,34 @@ def _result_of(rc: int | None, timed_out: bool, spec: JobSpec) -> tuple[Result, 
     return "fail", rc, ""
 
 
+def _error_outcome(message: str, started_at: float, t0: float) -> JobOutcome:
+    """The outcome of a job that never ran (bad spec, log not writable, spawn failed)."""
+    return JobOutcome(
+        result="error",
+        exit_code=None,
+        duration_s=time.monotonic() - t0,
+        output_tail="",
+        error_message=message,
+        started_at=started_at,
+        finished_at=time.time(),
+    )
+
+
 async def run_job(spec: JobSpec, on_started: Callable[[int], None] | None = None) -> JobOutcome:
     """Run ``spec``; on cancellation kill the group, reap, then re-raise CancelledError."""
     started_at = time.time()
     t0 = time.monotonic()
     job_id = spec.job_id or f"anon-{uuid.uuid4().hex}"
-
-    def early_error(message: str) -> JobOutcome:
-        return JobOutcome(
-            result="error",
-            exit_code=None,
-            duration_s=time.monotonic() - t0,
-            output_tail="",
-            error_message=message,
-            started_at=started_at,
-            finished_at=time.time(),
-        )
-
     if not spec.argv:
-        return early_error("empty command")
+        return _error_outcome("empty command", started_at, t0)
     # A missing cwd is reported by the spawn itself (chdir fails in the child): no stat here.
     env = scrub_env(spec.env)
     env[janitor.MARKER_VAR] = job_id
     try:
-        output = _Output(spec)
+        output = JobOutput(spec)
     except OSError as exc:
-        return early_error(f"cannot open log file '{spec.log_path}': {exc.strerror}")
+        message = f"cannot open log file '{spec.log_path}': {exc.strerror}"
+        return _error_outcome(message, started_at, t0)
 
     try:
         return await _run_spawned(spec, job_id, env, output, on_started, started_at, t0)
@@ -278,98 +237,148 @@ async def run_job(spec: JobSpec, on_started: Callable[[int], None] | None = None
         output.close()
 
 
+@dataclass(slots=True)
+class _Run:
+    """One job from its spawn on: the leader, and what happened to the run so far.
+
+    A cancel or a failing ``on_started`` does not end the run on the spot: the job is
+    killed and cleaned up first, then they are re-raised (``cancelled``, ``failure``).
+    """
+
+    spec: JobSpec
+    job_id: str
+    child: WatchedLeader
+    output: JobOutput
+    cancelled: bool  # a cancel arrived (during the spawn, the wait or the cleanup)
+    timed_out: bool = False  # the job's time ended before its leader did
+    failure: Exception | None = None  # what on_started raised
+
+
 async def _run_spawned(
     spec: JobSpec,
     job_id: str,
     env: dict[str, str],
-    output: _Output,
+    output: JobOutput,
     on_started: Callable[[int], None] | None,
     started_at: float,
     t0: float,
 ) -> JobOutcome:
+    """Spawn, watch, await the end, clean up, report: the steps every job goes through."""
     loop = asyncio.get_running_loop()
-    handoff = _Handoff()
-    _spawner().submit(loop, spec, env, handoff.deliver)
-    cancelled = await handoff.wait(loop)  # a cancel mid-fork waits for the child: not lost
+    spawned, cancelled = await _spawn(loop, spec, env)
+    if not isinstance(spawned, Spawned):
+        return _error_outcome(_spawn_error_message(spec, spawned), started_at, t0)
+    run = _Run(spec, job_id, _watch(loop, spawned, output), output, cancelled)
+    if not run.cancelled:
+        await _await_end(run, on_started)
+    run.child.stop_clock()
+    extra = await _clean_up(run)
+    run.child.close()
+    if run.failure is not None:
+        raise run.failure
+    if run.cancelled:
+        raise asyncio.CancelledError()
+    return _outcome(run, extra, started_at, t0)
+
+
+async def _spawn(
+    loop: asyncio.AbstractEventLoop, spec: JobSpec, env: dict[str, str]
+) -> tuple[Spawned | OSError | ValueError, bool]:
+    """Start the leader in a spawn thread: (the leader, or why it could not start; whether
+    a cancel arrived meanwhile). A cancel mid-fork waits for the child: it is not lost.
+
+    Raises CancelledError for a cancelled spawn that failed, and errors that are not about
+    the spec (e.g. no spawn thread could start).
+    """
+    handoff = Handoff()
+    spawn_pool().submit(loop, spec, env, handoff.deliver)
+    cancelled = await handoff.wait(loop)
     spawned = handoff.result
-    if not isinstance(spawned, _Spawned):
-        assert spawned is not None
-        if cancelled:
-            raise asyncio.CancelledError() from spawned
-        if not isinstance(spawned, (OSError, ValueError)):
-            raise spawned
-        return JobOutcome(
-            result="error",
-            exit_code=None,
-            duration_s=time.monotonic() - t0,
-            output_tail="",
-            error_message=_spawn_error_message(spec, spawned),
-            started_at=started_at,
-            finished_at=time.time(),
-        )
-    pid = spawned.popen.pid
-    child = _Child(loop, spawned, output)
+    if isinstance(spawned, Spawned):
+        return spawned, cancelled
+    assert spawned is not None
+    if cancelled:
+        raise asyncio.CancelledError() from spawned
+    if not isinstance(spawned, (OSError, ValueError)):
+        raise spawned
+    return spawned, False
+
+
+def _watch(loop: asyncio.AbstractEventLoop, spawned: Spawned, output: JobOutput) -> WatchedLeader:
+    """Have the loop watch the new leader's pipes (and exit); never leaves it unwatched."""
+    child = WatchedLeader(loop, spawned, output)
     try:
         child.watch()
     except BaseException:  # do not leave the job running unwatched
         child.detach()
         spawned.abandon()
         raise
+    return child
 
-    timed_out = False
-    failure: BaseException | None = None
-    if not cancelled:
-        child.start_clock(_timeout_of(spec))
-        try:
-            if on_started is not None:
-                on_started(pid)
-            await child.until(child.ended_or_time_up)
-            timed_out = not child.exited
-        except asyncio.CancelledError:
-            cancelled = True
-        except Exception as exc:  # on_started failed: still kill and reap, then re-raise
-            failure = exc
-    child.stop_clock()
 
-    kill = timed_out or cancelled or failure is not None
+async def _await_end(run: _Run, on_started: Callable[[int], None] | None) -> None:
+    """Start the job's clock, tell ``on_started``, wait for the leader's exit or the
+    timeout. A cancel or a failing ``on_started`` is recorded in ``run``, not raised."""
+    child = run.child
+    child.start_clock(_timeout_of(run.spec))
+    try:
+        if on_started is not None:
+            on_started(child.pid)
+        await child.until(child.ended_or_time_up)
+        run.timed_out = not child.exited
+    except asyncio.CancelledError:
+        run.cancelled = True
+    except Exception as exc:  # on_started failed: still kill and reap, then re-raise
+        run.failure = exc
+
+
+def _nothing_left(pid: int) -> bool:
+    """Group empty and nothing adopted that a sweep could find (a subreaper's escapees are
+    our children by now; without subreaper this touches no /proc at all)."""
+    return not janitor.group_alive(pid) and (
+        not janitor.is_subreaper() or not janitor.adopted_children(job_leaders())
+    )
+
+
+async def _clean_up(run: _Run) -> dict[str, object]:
+    """End what is left of the job and wait for its output; returns ``JobOutcome.extra``.
+
+    A cancel meanwhile is recorded in ``run`` (the cleanup itself always completes).
+    """
+    child = run.child
+    kill = run.timed_out or run.cancelled or run.failure is not None
     extra: dict[str, object] | None = None
-    eof_grace_s = _EOF_GRACE_S
-    if (
-        not kill
-        and not janitor.group_alive(pid)
-        and (not janitor.is_subreaper() or not janitor.adopted_children(job_leaders()))
-    ):
-        # The common case: leader exited, group empty, nothing adopted that a sweep could
-        # find (a subreaper's escapees are our children by now; without subreaper this
-        # touches no /proc at all). The pipes normally close with the exit, but a child
-        # another spawn thread is forking holds copies of them until it execs, so EOF
-        # may trail the exit a little: wait for it here, within the grace, rather than in
-        # a cleanup task (a measurable cost per short job, and a third of them on a busy
-        # 2-CPU machine).
+    eof_grace_s = EOF_GRACE_S
+    if not kill and _nothing_left(child.pid):
+        # The common case: leader exited, nothing left. The pipes normally close with the
+        # exit, but a child another spawn thread is forking holds copies of them until it
+        # execs, so EOF may trail the exit a little: wait for it here, within the grace,
+        # rather than in a cleanup task (a measurable cost per short job, and a third of
+        # them on a busy 2-CPU machine).
         try:
-            if await child.until(child.is_eof, _EOF_GRACE_S):
+            if await child.until(child.is_eof, EOF_GRACE_S):
                 extra = {}
         except asyncio.CancelledError:
-            cancelled = True
+            run.cancelled = True
         eof_grace_s = 0.0  # waited already (or cancelled: no more waiting)
     if extra is None:
         extra, cancelled_again = await _end_job_uninterrupted(
-            spec, job_id, pid, child, kill, eof_grace_s
+            run.spec, run.job_id, child.pid, child, kill, eof_grace_s
         )
-        cancelled = cancelled or cancelled_again
+        run.cancelled = run.cancelled or cancelled_again
     try:
         if not await child.until(child.is_eof, _DRAIN_TIMEOUT_S):
             extra["output_pipe_held"] = True  # an unattributed process kept the pipe open
     except asyncio.CancelledError:
-        cancelled = True
-    child.close()
-    if failure is not None:
-        raise failure
-    if cancelled:
-        raise asyncio.CancelledError()
+        run.cancelled = True
+    return extra
 
-    result, exit_code, message = _result_of(child.returncode, timed_out, spec)
-    if timed_out and "group_signal" in extra:
+
+def _outcome(run: _Run, extra: dict[str, object], started_at: float, t0: float) -> JobOutcome:
+    """The outcome of a job that ran to its end (not cancelled)."""
+    output = run.output
+    result, exit_code, message = _result_of(run.child.returncode, run.timed_out, run.spec)
+    if run.timed_out and "group_signal" in extra:
         message += f"; process group sent {extra['group_signal']}"
     if output.error:
         extra["log_error"] = output.error
@@ -380,7 +389,7 @@ async def _run_spawned(
         duration_s=time.monotonic() - t0,
         output_tail=output.stdout.tail(),
         error_message=message,
-        pid=pid,
+        pid=run.child.pid,
         started_at=started_at,
         finished_at=time.time(),
         extra=extra,
@@ -394,7 +403,7 @@ async def _end_job_uninterrupted(
     spec: JobSpec,
     job_id: str,
     pid: int,
-    child: _Child,
+    child: WatchedLeader,
     kill: bool,
     eof_grace_s: float,
 ) -> tuple[dict[str, object], bool]:

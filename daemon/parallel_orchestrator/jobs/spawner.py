@@ -1,14 +1,12 @@
-"""Starting job leaders: a small shared pool of spawn threads, and the leader registry.
+"""Starting job leaders: a small shared pool of spawn threads.
 
 Why threads: ``asyncio.create_subprocess_exec`` forks in the event-loop thread, and a
 vfork parent waits until the child has exec'd, so spawns would be serialised on the loop;
 on a busy 2-CPU machine that made 500 short jobs 2-4x slower than the original thread pool
 (see docs/benchmarks.md, "Executor"). With the fork in a worker thread the loop keeps
 running. The spawn thread also creates the pipes and hands the result to the loop with one
-``call_soon_threadsafe`` (``_SpawnPool``, ``_Handoff``).
-
-The registry lives here because spawning is what fills it: which of our children are job
-leaders, so that the janitor never reaps one (``job_leaders``, ``reap_orphan_zombies``).
+``call_soon_threadsafe`` (``SpawnPool``, ``Handoff``). Each leader goes into the
+registry of job leaders (``leaders``) as it is forked, so the janitor never reaps one.
 """
 
 from __future__ import annotations
@@ -21,76 +19,29 @@ import subprocess
 import threading
 from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING
 
 from . import janitor
+from .leaders import forget_leader, spawn_done, spawn_starting
+from .model import JobSpec
 
-if TYPE_CHECKING:
-    from .runner import JobSpec
+SPAWN_THREADS = 4  # fork+exec waits for the child's exec: a few threads keep the CPUs busy
 
-
-# ---------------------------------------------------------------------------------------
-# Which of our children are job leaders (the janitor must never reap those).
-
-_registry_lock = threading.Lock()
-_leaders: set[int] = set()
-_spawning = 0  # spawns under way whose leader is not in _leaders yet (see _spawn)
-
-
-def job_leaders() -> frozenset[int]:
-    """Pids of job leaders not yet reaped (the runner alone reaps them)."""
-    with _registry_lock:
-        return frozenset(_leaders)
-
-
-def reap_orphan_zombies() -> list[int]:
-    """Reap exited orphans adopted from jobs; the daemon calls this periodically.
-
-    Skipped while a spawn is in flight: the new leader could be taken for an orphan.
-    """
-    with _registry_lock:
-        if _spawning:
-            return []
-        known = frozenset(_leaders)
-    return janitor.reap_adopted_zombies(known)
-
-
-def _forget_leader(pid: int) -> None:
-    """``pid`` was reaped: no longer a job leader."""
-    with _registry_lock:
-        _leaders.discard(pid)
-
-
-_SPAWN_THREADS = 4  # fork+exec waits for the child's exec: a few threads keep the CPUs busy
-_spawn_pool: _SpawnPool | None = None
-_pidfd_ok: bool | None = None
+_pool_lock = threading.Lock()
+_spawn_pool: SpawnPool | None = None
 
 
 def _after_fork_in_child() -> None:
-    """A forked child has none of our threads or children: start from a clean slate."""
-    global _registry_lock, _spawn_pool, _spawning
-    _registry_lock = threading.Lock()
+    """A forked child has none of our threads: start from a clean slate."""
+    global _pool_lock, _spawn_pool
+    _pool_lock = threading.Lock()
     _spawn_pool = None
-    _spawning = 0
-    _leaders.clear()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _have_pidfd() -> bool:
-    global _pidfd_ok
-    if _pidfd_ok is None:
-        try:
-            os.close(os.pidfd_open(os.getpid()))
-            _pidfd_ok = True
-        except (AttributeError, OSError):
-            _pidfd_ok = False
-    return _pidfd_ok
-
-
-class _Spawned:
+class Spawned:
     """What a spawn thread hands to the loop: the leader and the loop's ends of its pipes
     (stdout, then stderr if split; non-blocking)."""
 
@@ -106,7 +57,7 @@ class _Spawned:
         pid = self.popen.pid
         janitor.signal_group(pid, signal.SIGKILL)
         self.popen.wait()
-        _forget_leader(pid)
+        forget_leader(pid)
         _close_fds(self.read_fds)
 
 
@@ -124,7 +75,7 @@ def _still_devnull(known: tuple[int, int, int] | None) -> bool:
     return (st.st_dev, st.st_ino) == known[1:]
 
 
-def _devnull_fd() -> int:
+def devnull_fd() -> int:
     """A /dev/null descriptor for the leaders' stdin, opened once, not once per job.
 
     ``stdin=DEVNULL`` makes ``Popen`` open and close /dev/null for every child. Ours is
@@ -147,14 +98,13 @@ def _devnull_fd() -> int:
         return fd
 
 
-def _spawn(spec: JobSpec, env: dict[str, str]) -> _Spawned:
+def spawn(spec: JobSpec, env: dict[str, str]) -> Spawned:
     """Create the pipes and start the leader (runs in a spawn thread).
 
     All of it is syscalls and ``Popen``; done here, none of it occupies the event loop.
     ``Popen(argv)`` is an exec, never a shell. Raises what ``Popen`` raises; nothing is
     left open or running then.
     """
-    global _spawning
     read_fds: list[int] = []
     write_fds: list[int] = []  # one pipe for stdout and stderr, or two when split
     try:
@@ -163,13 +113,12 @@ def _spawn(spec: JobSpec, env: dict[str, str]) -> _Spawned:
             read_fds.append(read_fd)
             write_fds.append(write_fd)
             os.set_blocking(read_fd, False)
-        # A forked leader is our child before it is in _leaders: hold orphan reaping off.
-        with _registry_lock:
-            _spawning += 1
+        # A forked leader is our child before it is a known leader: hold orphan reaping off.
+        spawn_starting()
         try:
             popen = subprocess.Popen(
                 spec.argv,
-                stdin=_devnull_fd(),
+                stdin=devnull_fd(),
                 stdout=write_fds[0],
                 stderr=write_fds[-1],
                 cwd=spec.cwd,
@@ -178,25 +127,22 @@ def _spawn(spec: JobSpec, env: dict[str, str]) -> _Spawned:
                 close_fds=True,
             )
         except BaseException:
-            with _registry_lock:
-                _spawning -= 1
+            spawn_done(None)
             raise
-        with _registry_lock:
-            _spawning -= 1
-            _leaders.add(popen.pid)  # reaped only by _Child._ended (or abandon)
+        spawn_done(popen.pid)  # reaped only by leaderwatch.WatchedLeader (or abandon)
     except BaseException:
         _close_fds(read_fds)
         raise
     finally:
         _close_fds(write_fds)  # the child has its copies; EOF must come when it is done
-    return _Spawned(popen, read_fds)
+    return Spawned(popen, read_fds)
 
 
-_Deliver = Callable[["_Spawned | BaseException"], None]
+Deliver = Callable[["Spawned | BaseException"], None]
 
 
-class _SpawnPool:
-    """A few threads that run ``_spawn`` and hand each result straight to its loop.
+class SpawnPool:
+    """A few threads that run ``spawn`` and hand each result straight to its loop.
 
     Why not ``loop.run_in_executor``: per job it builds a concurrent future, an asyncio
     future chained to it by two callbacks, and (to survive a cancel mid-fork) a shield on
@@ -210,7 +156,7 @@ class _SpawnPool:
     def __init__(self, size: int) -> None:
         self._size = size
         self._requests: queue.SimpleQueue[
-            tuple[asyncio.AbstractEventLoop, JobSpec, dict[str, str], _Deliver]
+            tuple[asyncio.AbstractEventLoop, JobSpec, dict[str, str], Deliver]
         ] = queue.SimpleQueue()
         self._threads = 0
         self._lock = threading.Lock()
@@ -220,7 +166,7 @@ class _SpawnPool:
         loop: asyncio.AbstractEventLoop,
         spec: JobSpec,
         env: dict[str, str],
-        deliver: _Deliver,
+        deliver: Deliver,
     ) -> None:
         """Spawn ``spec``; ``deliver(result)`` is then called on ``loop``'s thread.
 
@@ -242,31 +188,36 @@ class _SpawnPool:
                         self._threads += 1
         self._requests.put((loop, spec, env, deliver))
 
+    def queued(self) -> int:
+        """Requests no thread has taken yet."""
+        return self._requests.qsize()
+
     def _work(self) -> None:
         while True:
             loop, spec, env, deliver = self._requests.get()
-            result: _Spawned | BaseException
+            result: Spawned | BaseException
             try:
-                result = _spawn(spec, env)
+                result = spawn(spec, env)
             except BaseException as exc:  # raised in the awaiting task instead
                 result = exc
             try:
                 loop.call_soon_threadsafe(deliver, result)
             except RuntimeError:  # the loop is closed: nobody will ever watch this leader
-                if isinstance(result, _Spawned):
+                if isinstance(result, Spawned):
                     result.abandon()
             del loop, spec, env, deliver, result  # keep nothing alive while idle
 
 
-def _spawner() -> _SpawnPool:
+def spawn_pool() -> SpawnPool:
+    """The process's shared pool, started on first use (and anew in a forked child)."""
     global _spawn_pool
-    with _registry_lock:
+    with _pool_lock:
         if _spawn_pool is None:
-            _spawn_pool = _SpawnPool(_SPAWN_THREADS)
+            _spawn_pool = SpawnPool(SPAWN_THREADS)
         return _spawn_pool
 
 
-class _Handoff:
+class Handoff:
     """Receives the spawn thread's result for one job's task.
 
     A cancel while the thread forks must not lose the child, so the task keeps waiting
@@ -278,10 +229,10 @@ class _Handoff:
 
     def __init__(self) -> None:
         self.done = False
-        self.result: _Spawned | BaseException | None = None
+        self.result: Spawned | BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def deliver(self, result: _Spawned | BaseException) -> None:
+    def deliver(self, result: Spawned | BaseException) -> None:
         """Called on the loop's thread by the spawn thread."""
         self.done = True
         self.result = result
