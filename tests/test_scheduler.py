@@ -149,3 +149,119 @@ async def test_cancel_hypothesis_and_shutdown() -> None:
     assert "third" in {r.hypothesis for r, why in hooks.dropped_reqs if why == "stopping"}
     assert jobs.finished[-1][1] == "cancelled"
     assert sched.submit(req("late")) == "ignored"
+
+
+# -- exclusive scripts ----------------------------------------------------------------
+
+
+class OverlapJobs(Jobs):
+    """Also tracks, per script, how many of its jobs run at once; a cancelled job takes
+    its time to die (like a process group getting SIGTERM then a grace period)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_script: dict[str, int] = {}
+        self.max_per_script: dict[str, int] = {}
+        self.dying = asyncio.Event()  # set: cancelled jobs may finish dying
+
+    async def run(self, req: JobRequest) -> None:
+        s = req.script
+        self.per_script[s] = self.per_script.get(s, 0) + 1
+        self.max_per_script[s] = max(self.max_per_script.get(s, 0), self.per_script[s])
+        try:
+            await super().run(req)
+        except asyncio.CancelledError:
+            await self.dying.wait()
+            raise
+        finally:
+            self.per_script[s] -= 1
+
+
+async def release_all(jobs: Jobs, total: int) -> None:
+    for i in range(total):
+        await jobs.until(lambda i=i: i in jobs.release)
+        jobs.release[i].set()
+    await jobs.until(lambda: len(jobs.finished) == total)
+
+
+async def test_exclusive_jobs_never_overlap_and_are_served_in_arrival_order() -> None:
+    jobs = OverlapJobs()
+    # The failing-first priority would put h4 first; an exclusive queue is FIFO.
+    sched = Scheduler(
+        jobs.run,
+        concurrency=4,
+        on_busy="queue",
+        exclusive={"db"},
+        priority=lambda k: 0 if k[0] == "h4" else 1,
+    )
+    for h in ("h1", "h2", "h3", "h4"):
+        sched.submit(req(h, "db"))
+    await jobs.until(lambda: len(jobs.started) == 1)
+    assert len(sched.waiting) == 3
+    await release_all(jobs, 4)
+    assert [r.hypothesis for r in jobs.started] == ["h1", "h2", "h3", "h4"]
+    assert jobs.max_per_script["db"] == 1
+
+
+async def test_other_scripts_run_beside_an_exclusive_one() -> None:
+    jobs = OverlapJobs()
+    sched = Scheduler(jobs.run, concurrency=4, on_busy="queue", exclusive={"db"})
+    for h in ("h1", "h2"):
+        sched.submit(req(h, "db"))
+        sched.submit(req(h, "unit"))
+    await jobs.until(lambda: len(jobs.started) == 3)
+    assert sorted((r.hypothesis, r.script) for r in jobs.started) == [
+        ("h1", "db"),
+        ("h1", "unit"),
+        ("h2", "unit"),
+    ]
+    await release_all(jobs, 4)
+    assert jobs.max_per_script == {"db": 1, "unit": 2}
+
+
+async def test_exclusive_rerun_queues_behind_other_hypotheses() -> None:
+    jobs = OverlapJobs()
+    sched = Scheduler(jobs.run, concurrency=4, on_busy="queue", exclusive={"db"})
+    sched.submit(req("h1", "db"))
+    sched.submit(req("h2", "db"))
+    await jobs.until(lambda: len(jobs.started) == 1)
+    assert sched.submit(req("h1", "db", "b2")) == "rerun"  # h1 again: behind h2
+    await release_all(jobs, 3)
+    assert [(r.hypothesis, r.batch_id) for r in jobs.started] == [
+        ("h1", "b1"),
+        ("h2", "b1"),
+        ("h1", "b2"),
+    ]
+
+
+async def test_restarted_exclusive_job_is_gone_before_the_next_starts() -> None:
+    jobs = OverlapJobs()
+    sched = Scheduler(jobs.run, concurrency=4, on_busy="restart", exclusive={"db"})
+    sched.submit(req("h1", "db"))
+    sched.submit(req("h2", "db"))
+    await jobs.until(lambda: len(jobs.started) == 1)
+    assert sched.submit(req("h1", "db", "b2")) == "restarting"
+    await asyncio.sleep(0.05)  # the cancelled job is still dying: nothing else may start
+    assert len(jobs.started) == 1
+    jobs.dying.set()
+    await jobs.until(lambda: len(jobs.started) == 2)
+    assert jobs.finished[0][1] == "cancelled"
+    await release_all(jobs, 3)
+    assert [(r.hypothesis, r.batch_id) for r in jobs.started] == [
+        ("h1", "b1"),
+        ("h2", "b1"),
+        ("h1", "b2"),
+    ]
+    assert jobs.max_per_script["db"] == 1
+
+
+async def test_exclusive_can_be_turned_on_by_a_reload() -> None:
+    jobs = OverlapJobs()
+    sched = Scheduler(jobs.run, concurrency=4, on_busy="queue")
+    sched.set_limits(4, "queue", exclusive={"db"})
+    for h in ("h1", "h2"):
+        sched.submit(req(h, "db"))
+    await jobs.until(lambda: len(jobs.started) == 1)
+    assert sched.pending(("h2", "db")) and not sched.pending(("h1", "db"))
+    await release_all(jobs, 2)
+    assert jobs.max_per_script["db"] == 1

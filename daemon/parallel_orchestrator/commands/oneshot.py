@@ -52,10 +52,13 @@ async def run_once(
     limit = asyncio.Semaphore(settings.daemon.concurrency)
     runs_dir = settings.daemon.state_dir / "runs"
     pairs = [(wt, s) for wt in worktrees for s in scripts]
+    # An exclusive script's jobs take turns (its lock first, so none holds a slot idle).
+    exclusive = {s.name: asyncio.Lock() for s in scripts if s.exclusive}
 
     async def one(index: int, wt: Worktree, script: ScriptSettings) -> OnceResult:
         job_id = f"{session}-once{index}"
-        async with limit:
+        turn = exclusive.get(script.name) or contextlib.nullcontext()
+        async with turn, limit:
             try:
                 files = prepare_run_files(runs_dir, wt.id, script.name, job_id, ())
             except OSError:

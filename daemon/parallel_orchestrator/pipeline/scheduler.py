@@ -11,13 +11,19 @@ does the running and the reporting. ``on_busy``:
 
 Waiting jobs whose last result was not ``pass`` start first: the feedback people wait
 for is "is it fixed yet".
+
+An ``exclusive`` script (one that needs a single shared resource: a database, a device)
+never has two jobs running at once, across hypotheses. Its waiting jobs form one queue
+served first come, first served: the failing-first rule does not apply among them, or a
+hypothesis that keeps failing would starve the others. A job counts as running until its
+runner has killed and reaped it, so a cancelled job and its successor never overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 Key = tuple[str, str]  # (hypothesis, script)
@@ -67,10 +73,12 @@ class Scheduler:
         on_busy: str,
         priority: Callable[[Key], int] = lambda _key: 0,
         hooks: SchedulerHooks | None = None,
+        exclusive: Collection[str] = (),
     ) -> None:
         self._run = run_job_request
         self.concurrency = max(1, concurrency)
         self.on_busy = on_busy
+        self.exclusive = frozenset(exclusive)  # names of scripts whose jobs never overlap
         self._priority = priority
         self._hooks = hooks or SchedulerHooks()
         self._slots: dict[Key, _Slot] = {}
@@ -88,6 +96,11 @@ class Scheduler:
 
     def busy(self) -> bool:
         return any(s.running or s.waiting or s.rerun for s in self._slots.values())
+
+    def pending(self, key: Key) -> bool:
+        """Whether another run of ``key`` is due (waiting, or to follow the running one)."""
+        slot = self._slots.get(key)
+        return slot is not None and (slot.waiting is not None or slot.rerun is not None)
 
     # -- intake ------------------------------------------------------------------------
     def submit(self, req: JobRequest) -> str:
@@ -127,11 +140,7 @@ class Scheduler:
         if self._stopping:
             return
         while len(self.running) < self.concurrency:
-            ready = [
-                (self._priority(k), s.seq, k)
-                for k, s in self._slots.items()
-                if s.waiting is not None and s.running is None
-            ]
+            ready = self._ready()
             if not ready:
                 return
             _, _, key = min(ready)
@@ -143,6 +152,28 @@ class Scheduler:
             )
             slot.running = task
             task.add_done_callback(lambda t, key=key: self._finished(key, t))
+
+    def _ready(self) -> list[tuple[int, int, Key]]:
+        """(priority, seq, key) of the jobs that may start now.
+
+        An exclusive script offers only its oldest waiting job, and none while one of its
+        jobs runs.
+        """
+        busy_exclusive = {k[1] for k in self.running if k[1] in self.exclusive}
+        ready: list[tuple[int, int, Key]] = []
+        heads: dict[str, tuple[int, Key]] = {}  # exclusive script -> its oldest waiting job
+        for key, slot in self._slots.items():
+            if slot.waiting is None or slot.running is not None:
+                continue
+            script = key[1]
+            if script not in self.exclusive:
+                ready.append((self._priority(key), slot.seq, key))
+            elif script not in busy_exclusive and (
+                script not in heads or slot.seq < heads[script][0]
+            ):
+                heads[script] = (slot.seq, key)
+        ready.extend((self._priority(key), seq, key) for seq, key in heads.values())
+        return ready
 
     def _finished(self, key: Key, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -212,7 +243,11 @@ class Scheduler:
         _done, pending = await asyncio.wait(tasks, timeout=timeout)
         return [k for k, s in self._slots.items() if s.running in pending]
 
-    def set_limits(self, concurrency: int, on_busy: str) -> None:
+    def set_limits(
+        self, concurrency: int, on_busy: str, exclusive: Collection[str] | None = None
+    ) -> None:
         self.concurrency = max(1, concurrency)
         self.on_busy = on_busy
+        if exclusive is not None:
+            self.exclusive = frozenset(exclusive)
         self._dispatch()

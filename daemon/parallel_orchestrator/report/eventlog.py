@@ -44,6 +44,7 @@ CONTRACT_EVENTS = frozenset(
         "daemon_stopped",
         "status_write_failed",
         "watcher_restarted",
+        "notify_failed",
     }
 )
 

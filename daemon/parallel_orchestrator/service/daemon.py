@@ -142,6 +142,7 @@ class Daemon:
             on_busy=d.on_busy,
             priority=self._priority,
             hooks=_Hooks(self),
+            exclusive=[s.name for s in settings.scripts if s.exclusive],
         )
         self.watcher: Watcher | None = None
         self.ledger = ledger.Ledger(settings.daemon.state_dir / "jobs")
@@ -836,7 +837,9 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.set_step(step_for(d.debounce_ms, self.env))
         self._glob_filter = GlobIgnoreFilter(new.worktrees.ignore)
-        self.scheduler.set_limits(d.concurrency, d.on_busy)
+        self.scheduler.set_limits(
+            d.concurrency, d.on_busy, [s.name for s in new.scripts if s.exclusive]
+        )
         kept = {s.name for s in new.scripts}
         for script in old.scripts:
             if script.name not in kept:

@@ -34,6 +34,8 @@ LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 ON_BUSY_CHOICES: tuple[str, ...] = ("restart", "queue", "ignore")
 DEFAULT_COMMAND: tuple[str, ...] = ("python", "-m", "pytest", "-q")
 DEFAULT_WATCH: tuple[str, ...] = ("**/*.py",)
+DEFAULT_PORT_RANGE: tuple[int, int] = (20000, 40000)
+PORT_BLOCK_SIZE = 100  # PO_PORT_BASE .. PO_PORT_BASE + 99 belong to one hypothesis
 
 # Script names become directory names (run logs), so they must be safe path components.
 _SCRIPT_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
@@ -68,6 +70,7 @@ class DaemonSettings:
     on_busy: OnBusy = "restart"
     run_on_start: bool = True
     keep_runs: int = 20
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE  # [low, high): PO_PORT_BASE blocks
 
     @property
     def concurrency(self) -> int:
@@ -93,6 +96,15 @@ class ScriptSettings:
     kill_grace_s: float = 5.0
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = ""
+    exclusive: bool = False  # its jobs never overlap in time, across hypotheses
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """``[notify]``: what runs when a cell's result changes (see report/hooks.py)."""
+
+    command: tuple[str, ...] = ()  # () -> no hook; exec'd without a shell, JSON on stdin
+    desktop: bool = False  # also notify-send, where it is installed
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class Settings:
     worktrees: WorktreeSettings
     scripts: tuple[ScriptSettings, ...]
     config_path: Path | None  # None -> the embedded default
+    notify: NotifySettings = NotifySettings()
 
 
 # --------------------------------------------------------------------------- discovery
@@ -438,7 +451,7 @@ class _Errors:
 
 _MISSING: Any = object()
 
-_TOP_KEYS = ("daemon", "worktrees", "scripts")
+_TOP_KEYS = ("daemon", "worktrees", "scripts", "notify")
 _DAEMON_KEYS = (
     "state_dir",
     "status_file",
@@ -450,9 +463,11 @@ _DAEMON_KEYS = (
     "on_busy",
     "run_on_start",
     "keep_runs",
+    "port_range",
 )
 _WORKTREE_KEYS = ("repo", "paths", "include", "exclude", "ignore", "respect_gitignore")
-_SCRIPT_KEYS = ("name", "command", "watch", "timeout_s", "kill_grace_s", "env", "cwd")
+_SCRIPT_KEYS = ("name", "command", "watch", "timeout_s", "kill_grace_s", "env", "cwd", "exclusive")
+_NOTIFY_KEYS = ("command", "desktop")
 
 
 def settings_from_document(
@@ -465,10 +480,42 @@ def settings_from_document(
     daemon = _daemon(_table(document, "daemon", errs), base, env, errs)
     worktrees = _worktrees(_table(document, "worktrees", errs), base, env, errs)
     scripts = _scripts(document.get("scripts", _MISSING), errs)
+    notify = _notify(_table(document, "notify", errs), errs)
     if errs.items:
         raise ConfigError(errs.items)
-    assert daemon is not None and worktrees is not None
-    return Settings(daemon=daemon, worktrees=worktrees, scripts=scripts, config_path=path)
+    assert daemon is not None and worktrees is not None and notify is not None
+    return Settings(
+        daemon=daemon, worktrees=worktrees, scripts=scripts, config_path=path, notify=notify
+    )
+
+
+def _notify(table: Mapping[str, Any], errs: _Errors) -> NotifySettings | None:
+    _reject_unknown(table, "notify", _NOTIFY_KEYS, errs)
+    command: tuple[str, ...] | None = ()
+    if table.get("command", []) != []:
+        command = _command(table, "notify.", errs)
+    desktop = _boolean(table, "desktop", "notify.", False, errs)
+    if command is None or desktop is None:
+        return None
+    return NotifySettings(command=command, desktop=desktop)
+
+
+def _port_range(table: Mapping[str, Any], k: str, errs: _Errors) -> tuple[int, int] | None:
+    """``[low, high]``: ports ``low`` .. ``high - 1``, room for at least one block of 100."""
+    raw = table.get("port_range", list(DEFAULT_PORT_RANGE))
+    wanted = (
+        f"[low, high] with 1024 <= low and low + {PORT_BLOCK_SIZE} <= high <= 65536 "
+        f"(blocks of {PORT_BLOCK_SIZE} ports)"
+    )
+    ok = (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+    )
+    if not ok or raw[0] < 1024 or not raw[0] + PORT_BLOCK_SIZE <= raw[1] <= 65536:
+        errs.add(k + "port_range", f"expected {wanted}, got {_show(raw)}")
+        return None
+    return (raw[0], raw[1])
 
 
 def _daemon(
@@ -491,7 +538,8 @@ def _daemon(
     on_busy = _choice(table, "on_busy", k, ON_BUSY_CHOICES, "restart", errs)
     run_on_start = _boolean(table, "run_on_start", k, True, errs)
     keep_runs = _integer(table, "keep_runs", k, 20, 1, errs)
-    values = (state_raw, status_raw, log_raw, log_level, debounce, max_wait)
+    port_range = _port_range(table, k, errs)
+    values = (state_raw, status_raw, log_raw, log_level, debounce, max_wait, port_range)
     if None in (*values, max_concurrency, on_busy, run_on_start, keep_runs):
         return None
     state_dir = resolve_state_dir(cast(str, state_raw), base, env)
@@ -506,6 +554,7 @@ def _daemon(
         on_busy=cast(OnBusy, on_busy),
         run_on_start=cast(bool, run_on_start),
         keep_runs=cast(int, keep_runs),
+        port_range=cast(tuple, port_range),
     )
 
 
@@ -574,7 +623,8 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
     kill_grace_s = _number(table, "kill_grace_s", k, 5.0, errs, allow_zero=True)
     env = _env_table(table, k, errs)
     cwd = _script_cwd(table, k, errs)
-    if None in (name, command, watch, timeout_s, kill_grace_s, env, cwd):
+    exclusive = _boolean(table, "exclusive", k, False, errs)
+    if None in (name, command, watch, timeout_s, kill_grace_s, env, cwd, exclusive):
         return None
     return ScriptSettings(
         name=cast(str, name),
@@ -584,6 +634,7 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
         kill_grace_s=cast(float, kill_grace_s),
         env=cast(dict, env),
         cwd=cast(str, cwd),
+        exclusive=cast(bool, exclusive),
     )
 
 
