@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from parallel_orchestrator.jobs.ports import PortBlocks, resized
+from parallel_orchestrator.jobs.tmpdirs import JobTempDirs
 from parallel_orchestrator.report.eventlog import get_logger
 from parallel_orchestrator.report.hooks import Change, ResultHistory, ResultHooks, is_news
 from parallel_orchestrator.settings.loader import ConfigError, NotifySettings, load_settings
@@ -255,3 +257,57 @@ async def test_close_kills_running_hooks(tmp_path: Path) -> None:
     async with asyncio.timeout(10):
         while Path(f"/proc/{pid}").exists():
             await asyncio.sleep(0.01)
+
+
+# -- job temp folders -----------------------------------------------------------------
+
+
+async def test_job_temp_dirs_are_fresh_private_and_removed(tmp_path: Path) -> None:
+    state, base = tmp_path / "state", tmp_path / "tmp"
+    state.mkdir()
+    base.mkdir()
+    dirs = JobTempDirs(state, base)
+    assert dirs.open() is None
+    one, two = dirs.create("s-j1"), dirs.create("s-j2")
+    assert one != two and one.parent == two.parent == dirs.root
+    assert stat.S_IMODE(one.stat().st_mode) == 0o700
+    assert stat.S_IMODE(one.parent.stat().st_mode) == 0o700
+    locked = one / "a" / "b"
+    locked.mkdir(parents=True)
+    (locked / "f").write_text("x")
+    locked.chmod(0o500)
+    (one / "a").chmod(0o500)  # a test that made its folders read-only
+    await dirs.remove(one)
+    assert not one.exists() and two.exists()
+    await dirs.close()
+    assert not two.parent.exists()
+    assert list(base.iterdir()) == []
+
+
+def test_a_crashed_daemons_temp_root_goes_at_the_next_start(tmp_path: Path) -> None:
+    state, base = tmp_path / "state", tmp_path / "tmp"
+    state.mkdir()
+    base.mkdir()
+    crashed = JobTempDirs(state, base)
+    crashed.open()
+    left = crashed.create("s-j1")
+    (left / "data").write_text("x")
+    successor = JobTempDirs(state, base)
+    assert successor.open() == crashed.root
+    assert not left.exists() and not crashed.root.exists()  # type: ignore[union-attr]
+    assert successor.root is not None and successor.root.is_dir()
+
+
+def test_a_recorded_root_that_is_not_ours_is_left_alone(tmp_path: Path) -> None:
+    state, base = tmp_path / "state", tmp_path / "tmp"
+    state.mkdir()
+    base.mkdir()
+    precious = tmp_path / "parallel-orchestrator-precious"
+    precious.mkdir()
+    (precious / "keep").write_text("x")
+    link = base / "parallel-orchestrator-link"
+    link.symlink_to(precious)
+    for recorded in (link, tmp_path / "elsewhere", Path("relative/parallel-orchestrator-x")):
+        (state / "tmproot").write_text(os.fsdecode(recorded) + "\n")
+        assert JobTempDirs(state, base).open() is None
+    assert (precious / "keep").exists()

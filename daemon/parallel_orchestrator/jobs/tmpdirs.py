@@ -1,0 +1,137 @@
+"""``PO_TMPDIR``: a fresh temp folder, private to one job, removed after it.
+
+Hypotheses run the same suite at once; suites that write fixed names under ``$TMPDIR``
+would collide, and a collision looks like a regression in ``compare``. So every job gets
+its own folder (0700) as ``PO_TMPDIR`` and ``TMPDIR``.
+
+The folders live under one root per daemon, made with ``mkdtemp`` in the daemon's own
+temp dir (``$TMPDIR`` or /tmp: short paths, since AF_UNIX socket paths are limited to
+107 bytes, and usually tmpfs). The root's path is recorded in the state dir, so the next
+start removes what a crashed daemon left behind (the state dir's lock says only one
+daemon uses that record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT_PREFIX = "parallel-orchestrator-"
+RECORD_NAME = "tmproot"
+
+
+class TempDirError(Exception):
+    """The root for the jobs' temp folders cannot be made; names the folder."""
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf``, also through folders a test made read-only; raises OSError."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        _make_writable(path)
+        shutil.rmtree(path)
+
+
+def _make_writable(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    with contextlib.suppress(OSError), os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _make_writable(Path(entry.path))
+
+
+def temp_base(env: Mapping[str, str]) -> Path:
+    """The daemon's own temp dir: ``$TMPDIR`` when it is an absolute folder, else /tmp."""
+    raw = env.get("TMPDIR", "")
+    if raw and os.path.isabs(raw) and os.path.isdir(raw):
+        return Path(raw)
+    return Path("/tmp")
+
+
+class JobTempDirs:
+    """Makes and removes the jobs' private temp folders."""
+
+    def __init__(self, state_dir: Path, base: Path) -> None:
+        self._record = state_dir / RECORD_NAME
+        self._base = base
+        self.root: Path | None = None
+
+    def open(self) -> Path | None:
+        """Remove what the previous daemon left, make a fresh root; returns the old root
+        when one was removed. Raises TempDirError."""
+        left = self._recorded_root()
+        if left is not None:
+            with contextlib.suppress(OSError):
+                remove_tree(left)
+        try:
+            self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=self._base))
+            self._write_record(self.root)
+        except OSError as exc:
+            raise TempDirError(
+                f"temp dir {self._base}: cannot make the jobs' temp folders: {exc.strerror or exc}"
+            ) from exc
+        return left
+
+    def _recorded_root(self) -> Path | None:
+        """The recorded root, if it still is a folder of ours made by ``open``."""
+        try:
+            raw = self._record.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        path = Path(raw)
+        if not path.is_absolute() or not path.name.startswith(ROOT_PREFIX):
+            return None
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return None  # a symlink or someone else's: never follow it
+        return path
+
+    def _write_record(self, root: Path) -> None:
+        tmp = self._record.with_name(self._record.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(os.fsdecode(root) + "\n")
+        os.replace(tmp, self._record)
+
+    def create(self, job_id: str) -> Path:
+        """A fresh 0700 folder for ``job_id``; raises OSError."""
+        if self.root is None:
+            raise OSError("the jobs' temp root is not open")
+        path = self.root / job_id
+        if os.path.lexists(path):
+            remove_tree(path)
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # exactly, whatever the umask
+        return path
+
+    async def remove(self, path: Path) -> None:
+        """Remove a job's folder off the event loop (it may hold gigabytes); raises OSError."""
+        await asyncio.to_thread(remove_tree, path)
+
+    async def close(self) -> None:
+        """Shutdown: the root and its record go."""
+        if self.root is None:
+            return
+        root, self.root = self.root, None
+        await asyncio.to_thread(remove_tree, root)
+        with contextlib.suppress(OSError):
+            self._record.unlink()
