@@ -122,6 +122,22 @@ class StatusBoard:
         if cell is not None:
             cell.update(fields)
 
+    def mark_queued(self, hyp: str, script: str) -> bool:
+        """A run was queued; a running cell stays running. True when the cell changed."""
+        cell = self.cell(hyp, script)
+        if cell is None or cell["state"] == "running":
+            return False
+        cell["state"] = "queued"
+        return True
+
+    def mark_dropped(self, hyp: str, script: str) -> bool:
+        """A queued run was dropped: the cell shows its last result again (or never_run)."""
+        cell = self.cell(hyp, script)
+        if cell is None or cell["state"] != "queued":
+            return False
+        cell["state"] = cell["last_result"] or "never_run"
+        return True
+
     def set_daemon_state(self, state: str) -> None:
         self.doc["daemon"]["state"] = state
 

@@ -1,0 +1,134 @@
+"""Changed paths into the batcher: gitignore admission, then the batch timer.
+
+With ``respect_gitignore`` each hypothesis' paths are first put to ``git check-ignore``
+(a subprocess, awaited off the loop's critical path); only the rest reach the batcher.
+The batch timer runs on loop timers: it fires at the batcher's next deadline and hands
+each closed batch to ``dispatch``. While any admission is in flight the timer waits:
+closing a batch, or releasing a git operation's held changes, before the chunks already
+seen have been admitted would split one burst or one checkout into two batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from ..pipeline.batcher import Batch, Batcher
+from ..repo.filters import GitCheckIgnoreError, GitIgnoreOracle
+
+
+class ChangeIntake:
+    """Admits changed paths (gitignore) into ``batcher`` and closes batches on time.
+
+    ``spawn`` runs a coroutine as a task the daemon owns (cancelled at shutdown);
+    ``respect_gitignore`` and ``log`` are callables because a reload may change them;
+    ``known`` tells whether a hypothesis still exists when its admission ends.
+    """
+
+    def __init__(
+        self,
+        batcher: Batcher,
+        *,
+        dispatch: Callable[[Batch], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        respect_gitignore: Callable[[], bool],
+        known: Callable[[str], bool],
+        log: Callable[[], Any],
+    ) -> None:
+        self.batcher = batcher
+        self._dispatch = dispatch
+        self._spawn = spawn
+        self._respect_gitignore = respect_gitignore
+        self._known = known
+        self._log = log
+        self._oracles: dict[str, GitIgnoreOracle] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._admitting = 0  # admissions in flight
+        self._force_after_admit = False
+        self._closing = False
+
+    # -- gitignore oracles, one per worktree ------------------------------------------
+    def track(self, hyp: str, path: Path) -> None:
+        """A new (or moved) worktree: ask git about its own ignore rules."""
+        self._oracles[hyp] = GitIgnoreOracle(path)
+
+    def forget(self, hyp: str) -> None:
+        """A worktree went away: drop its held changes and its oracle."""
+        self.batcher.forget(hyp)
+        self._oracles.pop(hyp, None)
+
+    def gitignore_changed(self, hyp: str) -> None:
+        oracle = self._oracles.get(hyp)
+        if oracle is not None:
+            oracle.invalidate()
+
+    # -- intake -------------------------------------------------------------------------
+    def add(self, hyp: str, rels: set[str], first: float, last: float, created: set[str]) -> None:
+        """Hand one hypothesis' changes of a chunk on: via git check-ignore, or directly."""
+        if self._respect_gitignore() and hyp in self._oracles:
+            self._admitting += 1
+            self._spawn(self._admit(hyp, rels, first, last, created))
+        else:
+            self.batcher.add(hyp, rels, first, last, created)
+
+    async def _admit(
+        self, hyp: str, rels: set[str], first: float, last: float, created: set[str]
+    ) -> None:
+        """Ask git which paths it ignores, then hand the rest to the batcher."""
+        try:
+            oracle = self._oracles.get(hyp)
+            if oracle is None:
+                return
+            try:
+                ignored = await oracle.ignored(rels)
+            except (GitCheckIgnoreError, OSError) as exc:
+                if not oracle.worktree.is_dir():
+                    return  # the worktree is being removed: rediscovery reports that
+                self._log().warning("gitignore_check_failed", hypothesis=hyp, error=str(exc))
+                ignored = set()
+            keep = rels - ignored
+            if keep and self._known(hyp):
+                self.batcher.add(hyp, keep, first, last, created & keep)
+        finally:
+            self._admitting -= 1
+            if not self._admitting:
+                force, self._force_after_admit = self._force_after_admit, False
+                self.arm(force=force)
+
+    # -- the batch timer ----------------------------------------------------------------
+    def arm(self, force: bool = False) -> None:
+        """Fire at the batcher's next deadline; ``force``: now (a git lock came or went)."""
+        if self._closing:
+            return
+        if force and self._admitting:
+            self._force_after_admit = True  # _admit re-forces once the last one is in
+        loop = asyncio.get_running_loop()
+        deadline = self.batcher.next_deadline(loop.time())
+        if force:
+            deadline = loop.time() if deadline is None else min(deadline, loop.time())
+        if deadline is None:
+            return
+        if self._timer is not None and self._timer_at is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        if self._admitting:
+            return  # the last admission to finish re-arms the timer
+        now = asyncio.get_running_loop().time()
+        for batch in self.batcher.close_due(now):
+            self._dispatch(batch)
+        self.arm()
+
+    def close(self) -> None:
+        """Shutdown: no more batches."""
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()

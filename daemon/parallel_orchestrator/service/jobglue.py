@@ -1,0 +1,329 @@
+"""From a scheduled request to a finished job, and every record of it on the way.
+
+The scheduler decides *when* a hypothesis x script runs; this module does what running
+one means for the daemon: a job id, the run log and changed-file lists, the spec, the
+crash-recovery ledger entry, the status cell, ``job_started`` / ``job_finished``, pruning
+old run logs. Whatever a later feature attaches to a job (result files, caching, notify
+hooks) goes here, next to the records it extends.
+
+Ordering contract: the status file is written before each job log line, so whoever reads
+``job_started`` or ``job_finished`` and then the status file finds the job there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..jobs import ledger
+from ..jobs.runner import JobOutcome, run_job
+from ..jobs.spec import RunFiles, make_spec, prepare_run_files, prune_runs
+from ..pipeline.scheduler import JobRequest, SchedulerHooks
+from ..repo.worktrees import Worktree
+from ..report.status import StatusBoard, iso
+from ..report.statuswriter import StatusWriter
+from ..settings.loader import ScriptSettings, Settings
+
+TAIL_BYTES = 2048
+
+
+@dataclass
+class _Job:
+    """One job's identity: what its records and log lines share."""
+
+    req: JobRequest
+    wt: Worktree
+    script: ScriptSettings
+    job_id: str
+    log_path: Path | None = None  # known once the spec is made
+    argv: list[str] = field(default_factory=list)
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.req.batch_id,
+            "job_id": self.job_id,
+            "hypothesis": self.wt.id,
+            "script": self.script.name,
+        }
+
+
+class JobGlue:
+    """Runs scheduler requests as jobs and records them (the scheduler's ``run`` callable).
+
+    ``settings`` and ``log`` are callables: a reload replaces both. ``worktree`` looks a
+    hypothesis up in the daemon's current set (None once it went away).
+    """
+
+    def __init__(
+        self,
+        *,
+        session: str,
+        settings: Callable[[], Settings],
+        worktree: Callable[[str], Worktree | None],
+        board: StatusBoard,
+        writer: StatusWriter,
+        log: Callable[[], Any],
+        env: dict[str, str],
+        jobs_ledger: ledger.Ledger,
+    ) -> None:
+        self._ledger = jobs_ledger
+        self._session = session
+        self._settings = settings
+        self._worktree = worktree
+        self._board = board
+        self._writer = writer
+        self._log = log
+        self._env = env
+        self._job_ids = 0
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self._settings().daemon.state_dir / "jobs"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self._settings().daemon.state_dir / "runs"
+
+    def _next_job_id(self) -> str:
+        self._job_ids += 1
+        return f"{self._session}-j{self._job_ids}"
+
+    def _script(self, name: str) -> ScriptSettings | None:
+        return next((s for s in self._settings().scripts if s.name == name), None)
+
+    async def run(self, req: JobRequest) -> None:
+        """Run ``req`` to its end; a cancel still records the job, then propagates."""
+        wt = self._worktree(req.hypothesis)
+        script = self._script(req.script)
+        if wt is None or script is None:
+            return
+        job = _Job(req, wt, script, self._next_job_id())
+        started_wall = time.time()
+        started = time.monotonic()
+        pid_box: list[int] = []
+
+        def on_started(pid: int) -> None:
+            pid_box.append(pid)
+            self._started(job, pid, started_wall)
+
+        cancelled = False
+        try:
+            files = await self._run_files(job)
+            spec = make_spec(
+                wt,
+                script,
+                batch_id=req.batch_id,
+                job_id=job.job_id,
+                files=files,
+                base_env=self._env,
+            )
+            job.log_path, job.argv = spec.log_path, list(spec.argv)
+            outcome = await run_job(spec, on_started)
+        except asyncio.CancelledError:
+            cancelled = True
+            outcome = JobOutcome(
+                result="cancelled",
+                exit_code=None,
+                duration_s=time.monotonic() - started,
+                output_tail=read_tail(job.log_path),
+                pid=pid_box[0] if pid_box else None,
+                started_at=started_wall,
+                finished_at=time.time(),
+            )
+        except Exception as exc:  # a runner bug or an OS failure: report it as the job's error
+            self._log().exception("job_crashed", **job.fields())
+            outcome = JobOutcome(
+                result="error",
+                exit_code=None,
+                duration_s=time.monotonic() - started,
+                output_tail="",
+                error_message=f"{type(exc).__name__}: {exc}",
+                started_at=started_wall,
+                finished_at=time.time(),
+            )
+        finally:
+            try:
+                self._ledger.remove(job.job_id)
+            except OSError as exc:
+                self._ledger_failed(exc)
+        self._finished(job, outcome)
+        if cancelled:
+            raise asyncio.CancelledError
+        await self._prune(job)
+
+    async def _run_files(self, job: _Job) -> RunFiles | None:
+        """The run log and changed-file lists, made off the event loop; None if impossible."""
+        runs_dir = self.runs_dir
+        wt, name, changed = job.wt, job.script.name, job.req.changed
+        try:
+            return await asyncio.to_thread(
+                prepare_run_files, runs_dir, wt.id, name, job.job_id, changed
+            )
+        except OSError as exc:
+            self._log().warning(
+                "run_log_unavailable",
+                hypothesis=wt.id,
+                script=name,
+                path=os.fsdecode(runs_dir),
+                error=str(exc),
+            )
+            return None
+
+    def _ledger_failed(self, exc: OSError) -> None:
+        self._log().warning("ledger_write_failed", path=os.fsdecode(self.jobs_dir), error=str(exc))
+
+    def _started(self, job: _Job, pid: int, started_wall: float) -> None:
+        record = ledger.JobRecord.for_process(
+            job_id=job.job_id,
+            hypothesis=job.wt.id,
+            script=job.script.name,
+            pid=pid,
+            batch_id=job.req.batch_id,
+            started_at=started_wall,
+        )
+        try:
+            self._ledger.add(record)
+        except OSError as exc:
+            self._ledger_failed(exc)
+        self._board.update(
+            job.wt.id,
+            job.script.name,
+            state="running",
+            started_at=iso(started_wall),
+            finished_at=None,
+            job_id=job.job_id,
+            batch_id=job.req.batch_id,
+            log_path=path_or_none(job.log_path),
+        )
+        self._writer.write()  # status first, then the log line (module doc)
+        self._log().info("job_started", **job.fields(), pid=pid, command=list(job.argv))
+
+    def _finished(self, job: _Job, outcome: JobOutcome) -> None:
+        tail = outcome.output_tail
+        if outcome.error_message and outcome.error_message not in tail:
+            tail = (tail + ("\n" if tail else "") + outcome.error_message)[-TAIL_BYTES:]
+        duration = round(outcome.duration_s, 3)
+        log_path = path_or_none(job.log_path)
+        self._board.update(
+            job.wt.id,
+            job.script.name,
+            state=outcome.result,
+            last_result=outcome.result,
+            exit_code=outcome.exit_code,
+            duration_s=duration,
+            started_at=iso(outcome.started_at) if outcome.started_at else None,
+            finished_at=iso(outcome.finished_at or time.time()),
+            job_id=job.job_id,
+            batch_id=job.req.batch_id,
+            log_path=log_path,
+            output_tail=tail,
+        )
+        fields: dict[str, Any] = dict(
+            job.fields(),
+            result=outcome.result,
+            exit_code=outcome.exit_code,
+            duration_s=duration,
+            log_path=log_path,
+            output_tail=tail,
+        )
+        if outcome.error_message:
+            fields["error"] = outcome.error_message
+        self._writer.write()  # before the log line, as for job_started
+        level = "info" if outcome.result in ("pass", "cancelled") else "warning"
+        getattr(self._log(), level)("job_finished", **fields)
+
+    async def _prune(self, job: _Job) -> None:
+        """Off the event loop: a folder of many run logs takes a while to sort and delete."""
+        run_dir = self.runs_dir / job.wt.id / job.script.name
+        try:
+            await asyncio.to_thread(prune_runs, run_dir, self._settings().daemon.keep_runs)
+        except OSError as exc:
+            self._log().warning(
+                "run_prune_failed", hypothesis=job.wt.id, script=job.script.name, error=str(exc)
+            )
+
+
+def path_or_none(path: Path | None) -> str | None:
+    return None if path is None else os.fsdecode(path)
+
+
+def read_tail(path: Path | None, size: int = TAIL_BYTES) -> str:
+    """The last ``size`` bytes of a run log as text; "" when there is none."""
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class BoardHooks(SchedulerHooks):
+    """The scheduler's queue moves, shown on the status board (and ``job_dropped``)."""
+
+    def __init__(self, board: StatusBoard, writer: StatusWriter, log: Callable[[], Any]) -> None:
+        self._board = board
+        self._writer = writer
+        self._log = log
+
+    def queued(self, req: JobRequest) -> None:
+        if self._board.mark_queued(req.hypothesis, req.script):
+            self._writer.write()
+
+    def dropped(self, req: JobRequest, reason: str) -> None:
+        self._board.mark_dropped(req.hypothesis, req.script)
+        self._log().info(
+            "job_dropped",
+            hypothesis=req.hypothesis,
+            script=req.script,
+            batch_id=req.batch_id,
+            reason=reason,
+        )
+        self._writer.write()
+
+    def idle(self) -> None:
+        self._writer.write()
+
+
+def report_recovered(
+    recovered: Iterable[ledger.RecoveredJob], board: StatusBoard, log: Any
+) -> None:
+    """Jobs the ledger held at start-up ran under a daemon that died: they end ``error``."""
+    for found_job in recovered:
+        rec = found_job.record
+        if rec is None:
+            log.warning(
+                "job_record_unreadable", path=os.fsdecode(found_job.path), error=found_job.problem
+            )
+            continue
+        board.update(
+            rec.hypothesis,
+            rec.script,
+            state="error",
+            last_result="error",
+            exit_code=None,
+            finished_at=iso(time.time()),
+            job_id=rec.job_id,
+            batch_id=rec.batch_id,
+            started_at=iso(rec.started_at),
+            output_tail="daemon died while this job ran",
+        )
+        log.warning(
+            "job_recovered",
+            job_id=rec.job_id,
+            batch_id=rec.batch_id,
+            hypothesis=rec.hypothesis,
+            script=rec.script,
+            pid=rec.pid,
+            leader_alive=found_job.leader_alive,
+            killed=list(found_job.killed),
+            result="error",
+            error="daemon died",
+        )
