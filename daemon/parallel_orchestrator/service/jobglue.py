@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from ..settings.loader import ScriptSettings, Settings
 TAIL_BYTES = 2048
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Job:
     """One job's identity: what its records and log lines share."""
 
@@ -40,8 +40,8 @@ class _Job:
     wt: Worktree
     script: ScriptSettings
     job_id: str
-    log_path: Path | None = None  # known once the spec is made
-    argv: list[str] = field(default_factory=list)
+    log_path: Path | None
+    argv: list[str]
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -102,7 +102,12 @@ class JobGlue:
         script = self._script(req.script)
         if wt is None or script is None:
             return
-        job = _Job(req, wt, script, self._next_job_id())
+        job_id = self._next_job_id()
+        files = self._run_files(wt, script, job_id, req.changed)
+        spec = make_spec(
+            wt, script, batch_id=req.batch_id, job_id=job_id, files=files, base_env=self._env
+        )
+        job = _Job(req, wt, script, job_id, spec.log_path, list(spec.argv))
         started_wall = time.time()
         started = time.monotonic()
         pid_box: list[int] = []
@@ -113,16 +118,6 @@ class JobGlue:
 
         cancelled = False
         try:
-            files = await self._run_files(job)
-            spec = make_spec(
-                wt,
-                script,
-                batch_id=req.batch_id,
-                job_id=job.job_id,
-                files=files,
-                base_env=self._env,
-            )
-            job.log_path, job.argv = spec.log_path, list(spec.argv)
             outcome = await run_job(spec, on_started)
         except asyncio.CancelledError:
             cancelled = True
@@ -152,18 +147,22 @@ class JobGlue:
             except OSError as exc:
                 self._ledger_failed(exc)
         self._finished(job, outcome)
+        self._prune(job)
         if cancelled:
             raise asyncio.CancelledError
-        await self._prune(job)
 
-    async def _run_files(self, job: _Job) -> RunFiles | None:
-        """The run log and changed-file lists, made off the event loop; None if impossible."""
+    def _run_files(
+        self, wt: Worktree, script: ScriptSettings, job_id: str, changed: set[str]
+    ) -> RunFiles | None:
+        """The run log and changed-file lists; None when they cannot be made.
+
+        On the loop: a folder and two small files, no fsync. (In a worker thread it would
+        grow the default executor by a thread per concurrent job for no measurable gain.)
+        """
         runs_dir = self.runs_dir
-        wt, name, changed = job.wt, job.script.name, job.req.changed
+        name = script.name
         try:
-            return await asyncio.to_thread(
-                prepare_run_files, runs_dir, wt.id, name, job.job_id, changed
-            )
+            return prepare_run_files(runs_dir, wt.id, name, job_id, changed)
         except OSError as exc:
             self._log().warning(
                 "run_log_unavailable",
@@ -237,11 +236,11 @@ class JobGlue:
         level = "info" if outcome.result in ("pass", "cancelled") else "warning"
         getattr(self._log(), level)("job_finished", **fields)
 
-    async def _prune(self, job: _Job) -> None:
-        """Off the event loop: a folder of many run logs takes a while to sort and delete."""
+    def _prune(self, job: _Job) -> None:
+        """Keep the newest ``keep_runs`` logs: at most keep_runs + 1 files to stat, one to go."""
         run_dir = self.runs_dir / job.wt.id / job.script.name
         try:
-            await asyncio.to_thread(prune_runs, run_dir, self._settings().daemon.keep_runs)
+            prune_runs(run_dir, self._settings().daemon.keep_runs)
         except OSError as exc:
             self._log().warning(
                 "run_prune_failed", hypothesis=job.wt.id, script=job.script.name, error=str(exc)
