@@ -128,3 +128,19 @@ def test_prune_runs_keeps_the_newest(tmp_path: Path) -> None:
         "j5.changed0",
         "j5.log",
     ]
+
+
+def test_queued_and_dropped_cells() -> None:
+    board = StatusBoard(pid=1, version="t", config_path=None)
+    board.set_hypotheses([("h", "/w/h", "b")], ["a", "b"])
+    assert board.mark_queued("h", "a")
+    assert board.cell("h", "a")["state"] == "queued"
+    assert board.mark_dropped("h", "a")
+    assert board.cell("h", "a")["state"] == "never_run"  # no last result yet
+    board.update("h", "b", state="running", last_result="fail")
+    assert not board.mark_queued("h", "b")  # a running cell stays running
+    assert not board.mark_dropped("h", "b")
+    board.update("h", "b", state="queued")
+    assert board.mark_dropped("h", "b")
+    assert board.cell("h", "b")["state"] == "fail"
+    assert not board.mark_queued("nope", "a")
