@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..jobs import ledger
-from ..jobs.runner import JobOutcome, run_job
+from ..jobs.model import JobOutcome
+from ..jobs.runner import run_job
 from ..jobs.spec import RunFiles, make_spec, prepare_run_files, prune_runs
 from ..pipeline.scheduler import JobRequest, SchedulerHooks
 from ..repo.worktrees import Worktree
