@@ -22,6 +22,7 @@ from parallel_orchestrator.settings.loader import (
     find_config_path,
     load_settings,
     locate_and_load,
+    repository_state_name,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,8 @@ def test_minimal_file_gets_every_default(tmp_path: Path) -> None:
     settings = load(tmp_path, MINIMAL_SCRIPT)
     assert settings.config_path == tmp_path / "po.toml"
     daemon = settings.daemon
-    assert daemon.state_dir == Path("/home/tester/.local/state/parallel-orchestrator")
+    root = Path("/home/tester/.local/state/parallel-orchestrator")
+    assert daemon.state_dir == root / repository_state_name(tmp_path)
     assert daemon.status_file == daemon.state_dir / "status.json"
     assert daemon.log_file is None
     assert (daemon.log_level, daemon.debounce_ms, daemon.max_batch_wait_ms) == ("info", 200, 2000)
@@ -203,6 +205,8 @@ def test_empty_repo_means_only_paths(tmp_path: Path) -> None:
 )
 def test_state_dir_from_environment(tmp_path: Path, env: dict[str, str], expected: str) -> None:
     env = {"HOME": "/h", **env}
+    if not env.get("STATE_DIRECTORY"):  # one folder per repository below the XDG root
+        expected = os.path.join(expected, repository_state_name(tmp_path))
     settings = load(tmp_path, MINIMAL_SCRIPT, env=env)
     assert settings.daemon.state_dir == Path(expected)
     assert settings.daemon.status_file == Path(expected) / "status.json"

@@ -231,55 +231,29 @@ async def _interruptible(work: Coroutine[Any, Any, T]) -> tuple[T | None, int | 
             loop.remove_signal_handler(sig)
 
 
-def _status_candidates(settings, env) -> list[Path]:  # (Settings, Mapping) -> paths
-    """Where the daemon for this config writes its status file, most likely first.
+def _status_path(args: argparse.Namespace) -> Path | int:
+    """The status file ``status`` reads: ``--status-file``, else the one of the daemon
+    that the config describes (or the exit code after saying why there is none)."""
+    from .report.statelocate import ForeignStatusFile, status_file_for
+    from .settings.loader import ConfigError
 
-    With ``state_dir = ""`` the daemon under systemd uses ``$STATE_DIRECTORY``, which a
-    shell does not have: so also look where our units put it — the user template's
-    ``StateDirectory=parallel-orchestrator/%i`` (under ~/.config with systemd 252, under
-    ~/.local/state later) for ``<instance>.toml``, and the system unit's
-    /var/lib/parallel-orchestrator.
-    """
-    from .settings.loader import (
-        APP_DIR_NAME,
-        config_home,
-        resolve_state_dir,
-    )
-
-    d = settings.daemon
-    found = [d.status_file]
-    cfg = settings.config_path
-    implicit = (
-        cfg is not None
-        and d.status_file == d.state_dir / "status.json"
-        and d.state_dir == resolve_state_dir("", cfg.parent, env)
-    )
-    if implicit and "STATE_DIRECTORY" not in env:
-        instance = cfg.stem
-        found += [
-            config_home(env) / APP_DIR_NAME / instance / "status.json",
-            d.state_dir / instance / "status.json",
-        ]
-        if cfg.parent == Path("/etc") / APP_DIR_NAME:
-            found.append(Path("/var/lib") / APP_DIR_NAME / "status.json")
-    return found
+    if args.status_file:
+        return Path(args.status_file)
+    try:
+        return status_file_for(_load(args.config), os.environ)
+    except ConfigError as exc:
+        return _fail("\n".join(exc.errors))
+    except ForeignStatusFile as exc:
+        return _fail(str(exc))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .report import statusview
-    from .settings.loader import ConfigError
+    from .report.safetext import json_text
 
-    if args.status_file:
-        path = Path(args.status_file)
-    else:
-        try:
-            settings = _load(args.config)
-        except ConfigError as exc:
-            return _fail("\n".join(exc.errors))
-        path = next(
-            (p for p in _status_candidates(settings, os.environ) if p.exists()),
-            settings.daemon.status_file,
-        )
+    path = _status_path(args)
+    if isinstance(path, int):
+        return path
     color = statusview.should_color(sys.stdout, os.environ)
     ascii_only = not statusview.can_encode_marks(getattr(sys.stdout, "encoding", None))
     if args.watch:
@@ -293,8 +267,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except statusview.StatusFileInvalid as exc:
         return _fail(str(exc), EXIT_NO_STATUS)
     if args.json:
-        json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        print(json_text(doc))
     else:
         print(statusview.render_table(doc, color=color, ascii_only=ascii_only))
     return EXIT_OK

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -15,6 +16,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .safetext import finite
 
 SCHEMA_VERSION = 1
 FINAL_RESULTS = ("pass", "fail", "timeout", "error", "cancelled")
@@ -94,7 +97,7 @@ class StatusBoard:
             for name, cell in hyp["scripts"].items():
                 if name in mine["scripts"] and isinstance(cell, dict):
                     merged = empty_cell()
-                    merged.update({k: cell.get(k) for k in merged if k in cell})
+                    merged.update({k: cell[k] for k in merged if k in cell and _fits(k, cell[k])})
                     if merged["state"] in ("running", "queued"):
                         # The old daemon died mid-job; crash recovery refines this.
                         merged["state"] = merged["last_result"] or "never_run"
@@ -153,18 +156,46 @@ class StatusBoard:
     def render(self) -> bytes:
         self.doc["summary"] = self.counts()
         self.doc["daemon"]["updated_at"] = iso(time.time())
-        return json.dumps(self.doc, indent=2, ensure_ascii=False).encode("utf-8", "replace")
+        try:
+            text = json.dumps(self.doc, indent=2, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # inf/nan (e.g. adopted from a corrupt file) are not JSON
+            self.doc = finite(self.doc)
+            text = json.dumps(self.doc, indent=2, ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8", "backslashreplace")
 
     def write(self, path: Path) -> None:
         """0600: the document carries test output, like the run logs."""
         write_atomic(path, self.render(), mode=0o600)
 
 
+_CELL_STATES = frozenset(("never_run", "queued", "running", *FINAL_RESULTS))
+_CELL_STRINGS = frozenset(
+    ("started_at", "finished_at", "job_id", "batch_id", "log_path", "output_tail")
+)
+
+
+def _fits(key: str, value: Any) -> bool:
+    """Whether an adopted cell value has its schema type; a corrupt file (a list where a
+    string belongs, a duration of 1e999) must not leak into the new document."""
+    if key == "state":
+        return isinstance(value, str) and value in _CELL_STATES
+    if key == "last_result":
+        return value is None or (isinstance(value, str) and value in FINAL_RESULTS)
+    if key == "exit_code":
+        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+    if key == "duration_s":
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return value is None or (number and math.isfinite(value) and value >= 0)
+    if key in _CELL_STRINGS:
+        return value is None or isinstance(value, str)
+    return value is None or isinstance(value, str | int | float | bool | dict)
+
+
 def load_previous(path: Path) -> dict[str, Any] | None:
     """The last status document, or None when absent or unreadable (never fatal)."""
     try:
         doc = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if isinstance(doc, dict) and doc.get("schema_version") == SCHEMA_VERSION:
         return doc

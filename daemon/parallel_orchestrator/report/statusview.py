@@ -10,6 +10,7 @@ stopped or dead daemon impossible to miss.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import threading
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import watchfiles
+
+from .safetext import one_line
 
 SCHEMA_VERSION = 1
 
@@ -81,7 +84,10 @@ def read_status(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise StatusFileInvalid(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
-        doc = json.loads(raw)
+        # NaN/Infinity are not JSON (an old daemon wrote them): shown as unknown, not fatal.
+        doc = json.loads(raw, parse_constant=lambda _name: None)
+    except RecursionError as exc:
+        raise StatusFileInvalid(f"{path}: not a status file: nested too deeply") from exc
     except UnicodeDecodeError as exc:
         raise StatusFileInvalid(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except json.JSONDecodeError as exc:
@@ -156,7 +162,7 @@ def pid_alive(pid: object) -> bool | None:
         return None
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # a pid beyond pid_t is no process
         return False
     except PermissionError:  # exists, owned by someone else (e.g. a system service)
         return True
@@ -167,21 +173,24 @@ def parse_timestamp(value: object) -> float | None:
     """Epoch seconds from either an epoch number or an ISO 8601 string (naive = UTC)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and value:
-        try:
+    try:
+        if isinstance(value, int | float):
+            number = float(value)
+            return number if math.isfinite(number) else None
+        if isinstance(value, str) and value:
             parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return parsed.timestamp()
+    except (ValueError, OverflowError):  # not a date, or one no clock can hold
+        return None
     return None
 
 
 def format_duration(seconds: float) -> str:
     """Compact, roughly constant-width durations: 0.4s, 12.3s, 2m05s, 1h07m, 2d03h."""
+    if not math.isfinite(seconds):
+        return "?"
     seconds = max(0.0, seconds)
     if seconds < 60:
         return f"{seconds:.1f}s"
@@ -195,6 +204,8 @@ def format_duration(seconds: float) -> str:
 
 def format_ago(seconds: float) -> str:
     """Coarse age for 'finished 3m ago'; precision beyond one unit is noise here."""
+    if not math.isfinite(seconds):
+        return "at an unknown time"
     seconds = max(0.0, seconds)
     if seconds < 60:
         return f"{int(seconds)}s ago"
@@ -216,8 +227,14 @@ def _paint(text: str, colour: str | None, color: bool) -> str:
 
 @dataclass(frozen=True)
 class _Cell:
+    """One table cell; its text is escaped here, so no name or value from the file
+    (a worktree folder, a branch) can put a control character on the terminal."""
+
     text: str
     colour: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", one_line(self.text))
 
 
 def _iter_jobs(doc: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
@@ -308,19 +325,19 @@ def _header(doc: Mapping[str, Any], now: float, color: bool) -> list[str]:
             line += f" (was pid {pid})"
     elif alive is False:
         line = _paint(f"daemon: pid {pid} NOT RUNNING (stale status)", "bold_red", color)
-        line += f", last state {state}"
+        line += f", last state {one_line(state)}"
     else:
         liveness = "alive" if alive else "liveness unknown"
         pid_text = f"pid {pid}, {liveness}" if alive is not None else "no pid"
-        line = f"daemon: {_paint(str(state), 'green', color)} ({pid_text})"
+        line = f"daemon: {_paint(one_line(state), 'green', color)} ({pid_text})"
     updated = parse_timestamp(daemon.get("updated_at"))
     line += f", updated {format_ago(now - updated)}" if updated is not None else ", never updated"
     lines = [line]
     details = []
     if daemon.get("version"):
-        details.append(f"version {daemon['version']}")
+        details.append(f"version {one_line(daemon['version'])}")
     if daemon.get("config_path"):
-        details.append(f"config {daemon['config_path']}")
+        details.append(f"config {one_line(daemon['config_path'])}")
     if details:
         lines.append(_paint(", ".join(details), "dim", color))
     return lines

@@ -58,21 +58,33 @@ def prepare_state_dir(state_dir: Path) -> None:
         raise DaemonError(f"state dir {state_dir}: not writable: {exc.strerror or exc}") from exc
 
 
-def lock_state_dir(state_dir: Path) -> int:
-    """Take ``daemon.lock`` (flock, held until the fd closes) and write our pid into it."""
+def lock_state_dir(state_dir: Path, config_path: Path | None = None) -> int:
+    """Take ``daemon.lock`` (flock, held until the fd closes) and write our pid and our
+    config's path into it: what the next daemon's refusal names."""
     path = state_dir / "daemon.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
-        other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        holder = os.pread(fd, 8192, 0)
         os.close(fd)
-        raise DaemonError(
-            f"state dir {state_dir}: another daemon (pid {other}) is using it"
-        ) from exc
+        raise DaemonError(_lock_held_message(state_dir, holder, config_path)) from exc
+    record = f"{os.getpid()}\n{os.fsdecode(config_path) if config_path else ''}\n"
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, record.encode("utf-8", "surrogateescape"), 0)
     return fd
+
+
+def _lock_held_message(state_dir: Path, holder: bytes, config_path: Path | None) -> str:
+    """One line naming the key, the folder and both configs, so the fix is obvious."""
+    lines = holder.decode("utf-8", "backslashreplace").splitlines()
+    pid = lines[0].strip() if lines and lines[0].strip() else "?"
+    theirs = lines[1].strip() if len(lines) > 1 and lines[1].strip() else "?"
+    ours = os.fsdecode(config_path) if config_path else "the embedded default"
+    return (
+        f"daemon.state_dir {state_dir}: another daemon (pid {pid}, config {theirs}) "
+        f"is using it; this one's config is {ours}: give each its own daemon.state_dir"
+    )
 
 
 class Daemon:
@@ -157,7 +169,7 @@ class Daemon:
         install_child_watcher()
         d = self.settings.daemon
         prepare_state_dir(d.state_dir)
-        self._lock_fd = lock_state_dir(d.state_dir)
+        self._lock_fd = lock_state_dir(d.state_dir, self.settings.config_path)
         janitor.become_subreaper()
         recovered = ledger.recover(self.jobs_dir)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import hashlib
 import json
 import math
 import os
@@ -60,7 +61,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class DaemonSettings:
-    state_dir: Path  # resolved: explicit > $STATE_DIRECTORY > $XDG_STATE_HOME/parallel-orchestrator
+    state_dir: Path  # resolved: explicit > $STATE_DIRECTORY > per repository under XDG state
     status_file: Path  # resolved: explicit > <state_dir>/status.json
     log_file: Path | None  # None -> JSON lines on stdout
     log_level: str = "info"
@@ -169,17 +170,68 @@ def _must_exist(path: Path, source: str) -> Path:
 # Small resolvers in watchfiles' style: explicit value > environment > default.
 
 
-def resolve_state_dir(explicit: str, base: Path, env: Mapping[str, str]) -> Path:
-    """Where run logs and the status file live; systemd's StateDirectory= wins over XDG."""
+def resolve_state_dir(
+    explicit: str, base: Path, env: Mapping[str, str], repo: Path | None = None
+) -> Path:
+    """Where run logs and the status file live: explicit > systemd's StateDirectory= >
+    one folder per repository under $XDG_STATE_HOME (two projects never share one)."""
     if explicit:
         return _absolute(_expand_user(explicit, env), base)
     systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
     if systemd:
         return _absolute(systemd, base)
+    return state_root(env) / repository_state_name(repo if repo is not None else base)
+
+
+def state_root(env: Mapping[str, str]) -> Path:
+    """$XDG_STATE_HOME/parallel-orchestrator (relative values ignored, as XDG says)."""
     xdg = env.get("XDG_STATE_HOME", "")
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / APP_DIR_NAME
     return _home(env) / ".local" / "state" / APP_DIR_NAME
+
+
+def repository_state_name(folder: Path) -> str:
+    """``<repo-name>-<short hash of its path>`` for the repository around ``folder``.
+
+    The repository is its main worktree, found by reading ``.git`` (a linked worktree's
+    ``.git`` file points into the main one's), so a config in any worktree of a
+    repository, or in a subfolder, names the same state dir. No git process: this runs
+    on every config load.
+    """
+    root = _main_worktree(folder)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.fsdecode(root.name)).strip("._") or "root"
+    digest = hashlib.sha256(os.fsencode(root)).hexdigest()[:8]
+    return f"{name[:48]}-{digest}"
+
+
+def _main_worktree(folder: Path) -> Path:
+    start = Path(os.path.realpath(folder))
+    for candidate in (start, *start.parents):
+        dot_git = candidate / ".git"
+        try:
+            if dot_git.is_dir():
+                return candidate
+            if dot_git.is_file():
+                return _main_of_linked(candidate, dot_git)
+        except OSError:
+            break
+    return start
+
+
+def _main_of_linked(worktree: Path, dot_git: Path) -> Path:
+    """A linked worktree's ``.git`` file says ``gitdir: <main>/.git/worktrees/<name>``;
+    that folder's ``commondir`` names the main ``.git`` (relative to it)."""
+    try:
+        text = dot_git.read_text(encoding="utf-8", errors="surrogateescape")
+        if not text.startswith("gitdir:"):
+            return worktree
+        gitdir = Path(os.path.join(worktree, text[len("gitdir:") :].strip()))
+        common = (gitdir / "commondir").read_text(encoding="utf-8").strip()
+    except OSError:
+        return worktree  # a submodule or a bare setup: the folder itself is the key
+    main_git = Path(os.path.realpath(os.path.join(gitdir, common)))
+    return main_git.parent if main_git.name == ".git" else worktree
 
 
 def resolve_status_file(explicit: str, state_dir: Path, base: Path, env: Mapping[str, str]) -> Path:
@@ -225,7 +277,7 @@ def default_settings(cwd: Path | None = None, env: Mapping[str, str] | None = No
     """The embedded default: the repository around ``cwd``, one ``tests`` script."""
     cwd = Path(os.path.abspath(cwd if cwd is not None else Path.cwd()))
     env = os.environ if env is None else env
-    state_dir = resolve_state_dir("", cwd, env)
+    state_dir = resolve_state_dir("", cwd, env, repo=cwd)
     return Settings(
         daemon=DaemonSettings(
             state_dir=state_dir,
@@ -477,7 +529,8 @@ def settings_from_document(
     errs = _Errors(_show_path(path))
     base = path.parent
     _reject_unknown(document, "", _TOP_KEYS, errs)
-    daemon = _daemon(_table(document, "daemon", errs), base, env, errs)
+    repo = _repo_hint(document, base, env)
+    daemon = _daemon(_table(document, "daemon", errs), base, env, errs, repo)
     worktrees = _worktrees(_table(document, "worktrees", errs), base, env, errs)
     scripts = _scripts(document.get("scripts", _MISSING), errs)
     notify = _notify(_table(document, "notify", errs), errs)
@@ -518,8 +571,22 @@ def _port_range(table: Mapping[str, Any], k: str, errs: _Errors) -> tuple[int, i
     return (raw[0], raw[1])
 
 
+def _repo_hint(document: Mapping[str, Any], base: Path, env: Mapping[str, str]) -> Path:
+    """The watched repository as far as the default state dir needs it (errors in
+    ``worktrees.repo`` are reported by ``_worktrees``); the config's folder without one."""
+    table = document.get("worktrees")
+    raw = table.get("repo", ".") if isinstance(table, dict) else "."
+    if not isinstance(raw, str) or not raw or "\0" in raw:
+        return base
+    return _absolute(_expand_user(raw, env), base)
+
+
 def _daemon(
-    table: Mapping[str, Any], base: Path, env: Mapping[str, str], errs: _Errors
+    table: Mapping[str, Any],
+    base: Path,
+    env: Mapping[str, str],
+    errs: _Errors,
+    repo: Path | None = None,
 ) -> DaemonSettings | None:
     _reject_unknown(table, "daemon", _DAEMON_KEYS, errs)
     k = "daemon."
@@ -542,7 +609,7 @@ def _daemon(
     values = (state_raw, status_raw, log_raw, log_level, debounce, max_wait, port_range)
     if None in (*values, max_concurrency, on_busy, run_on_start, keep_runs):
         return None
-    state_dir = resolve_state_dir(cast(str, state_raw), base, env)
+    state_dir = resolve_state_dir(cast(str, state_raw), base, env, repo)
     return DaemonSettings(
         state_dir=state_dir,
         status_file=resolve_status_file(cast(str, status_raw), state_dir, base, env),
