@@ -1,0 +1,150 @@
+"""What runs inside a dask worker: one job, through the worker's job host.
+
+``run_remote`` is the task the daemon submits. It gives the job private copies of the
+files the daemon made for it (the daemon's state dir need not be visible here), hands the
+``JobSpec`` to the job host (which runs it with the local runner: same group, timeout,
+kill and output guarantees), announces the start on the daemon's topic, and returns the
+outcome together with the run log and the files the job wrote, so the daemon can put
+them where a local run would have left them.
+
+Cancel: ``Future.cancel()`` does not stop a running task, so the daemon calls
+``cancel_job`` in this worker process (``Client.run``), which makes the host kill the job
+exactly as a local cancel does; the task then returns with ``outcome = None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..jobs.runner import JobOutcome, JobSpec
+from .hostlink import HostGone, HostLink, outcome_of
+
+# Files brought back beside the log (each capped like the log): enough for test reports.
+_OUTPUT_CAP_BYTES = 16 * 1024 * 1024
+# After a cancel, how much longer than the job's kill grace the host may take to confirm.
+_KILL_SLACK_S = 2.0
+
+
+@dataclass(frozen=True)
+class RemoteJob:
+    spec: JobSpec  # exactly as the daemon would run it locally
+    topic: str  # where the start is announced (the daemon's subscription)
+    # env var -> the content of the file it names on the daemon's side (PO_CHANGED_FILE):
+    # written to a private folder on the worker, and the variable pointed there.
+    inputs: dict[str, bytes] = field(default_factory=dict)
+    # env vars naming files the job may write (a test report): pointed at the private
+    # folder here, the files brought back in the result.
+    outputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    worker: str  # the worker's address
+    pid: int | None  # the job leader's pid on the worker's host
+    outcome: JobOutcome | None  # None: cancelled on the daemon's request
+    log: bytes = b""  # the run log, already capped by the runner
+    outputs: dict[str, bytes] = field(default_factory=dict)
+    error: str = ""  # the job host failed; the job's result is then "error"
+
+
+# job_id -> the future that cancels it, for the jobs running in this worker process.
+_cancels: dict[str, asyncio.Future[None]] = {}
+
+
+async def cancel_job(job_id: str) -> bool:
+    """Run by the daemon in the worker (``Client.run``): end the job; False if not here."""
+    cancel = _cancels.get(job_id)
+    if cancel is None or cancel.done():
+        return False
+    cancel.set_result(None)
+    return True
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _read_capped(path: Path | None, cap: int) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read(cap)
+    except FileNotFoundError:
+        return None
+
+
+def localize(job: RemoteJob, folder: Path) -> JobSpec:
+    """The spec with its state-dir files replaced by private ones in ``folder``."""
+    spec = job.spec
+    env = dict(spec.env)
+    argv = list(spec.argv)
+    for var, data in job.inputs.items():
+        path = folder / f"in-{var}"
+        _write_private(path, data)
+        env[var] = os.fsdecode(path)
+    for var in job.outputs:
+        local = os.fsdecode(folder / f"out-{var}")
+        original = env.get(var)
+        env[var] = local
+        if original:
+            argv = [a.replace(original, local) for a in argv]
+    log_path = folder / "run.log" if spec.log_path is not None else None
+    return dataclasses.replace(spec, env=env, argv=tuple(argv), log_path=log_path)
+
+
+async def run_remote(job: RemoteJob) -> RemoteResult:
+    """The dask task: run ``job`` on this worker, bring its outcome and files back."""
+    from distributed import get_worker  # a worker always has it; the daemon may not
+
+    worker = get_worker()
+    address = str(worker.address)
+    job_id = job.spec.job_id
+    folder = Path(tempfile.mkdtemp(prefix="po-job-"))  # 0700
+    try:
+        spec = localize(job, folder)
+        try:
+            link = await HostLink.get()
+            hosted = link.run(job_id, spec)
+        except HostGone as exc:
+            return RemoteResult(address, None, None, error=f"job host on {address}: {exc}")
+        cancel: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        _cancels[job_id] = cancel
+        try:
+            await asyncio.wait(
+                {hosted.started, hosted.ended, cancel}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if hosted.started.done() and not hosted.ended.done():
+                worker.log_event(
+                    job.topic, {"job_id": job_id, "pid": hosted.started.result(), "worker": address}
+                )
+                await asyncio.wait({hosted.ended, cancel}, return_when=asyncio.FIRST_COMPLETED)
+            if not hosted.ended.done():
+                link.cancel(job_id)
+            ended = await hosted.ended
+        except asyncio.CancelledError:  # the worker is closing: end the job before we go
+            link.cancel(job_id)
+            await asyncio.wait({hosted.ended}, timeout=spec.kill_grace_s + _KILL_SLACK_S)
+            raise
+        finally:
+            _cancels.pop(job_id, None)
+        pid = hosted.started.result() if hosted.started.done() else None
+        if ended[0] == "failed":
+            return RemoteResult(address, pid, None, error=f"job host on {address}: {ended[2]}")
+        outputs = {}
+        for var in job.outputs:
+            data = _read_capped(folder / f"out-{var}", _OUTPUT_CAP_BYTES)
+            if data is not None:
+                outputs[var] = data
+        log = _read_capped(spec.log_path, spec.max_log_bytes + 4096) or b""
+        return RemoteResult(address, pid, outcome_of(ended), log, outputs)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
