@@ -1,0 +1,311 @@
+"""The dask backend against a real ``distributed.LocalCluster(processes=True)``.
+
+One cluster (two worker processes, each with its nanny) serves the whole module; each
+test connects its own backend (client) to it. The jobs' processes run on the workers'
+job hosts, on this machine, so the tests can watch them by pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from distributed import LocalCluster
+
+from parallel_orchestrator.backends.base import (
+    BackendUnavailable,
+    LocalBackend,
+    open_backend,
+)
+from parallel_orchestrator.backends.daskcluster import DaskBackend
+from parallel_orchestrator.jobs.runner import JobOutcome, JobSpec
+from process_checks import running
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=4,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=40,
+    ) as c:
+        yield c
+
+
+class Events:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, object]]] = []
+
+    def info(self, event: str, **fields: object) -> None:
+        self.lines.append((event, fields))
+
+    warning = info
+
+
+@pytest.fixture
+async def backend(cluster: LocalCluster) -> DaskBackend:
+    b = DaskBackend(cluster.scheduler_address, log=Events())
+    await b.start()
+    yield b
+    await b.close()
+
+
+def spec_for(tmp: Path, job_id: str, script: str, **kw: object) -> JobSpec:
+    env = dict(os.environ, PO_JOB_ID=job_id)
+    env.update(kw.pop("env", {}))  # type: ignore[arg-type]
+    options: dict[str, object] = {"timeout_s": 30.0, "kill_grace_s": 1.0}
+    options.update(kw)
+    return JobSpec(
+        argv=("sh", "-c", script),
+        cwd=tmp,
+        env=env,
+        job_id=job_id,
+        log_path=tmp / f"{job_id}.log",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def pids_in(path: Path, count: int, timeout: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            words = path.read_text().split()
+        except FileNotFoundError:
+            words = []
+        if len(words) >= count:
+            return [int(w) for w in words[:count]]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{path} did not get {count} pids")
+
+
+async def all_gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(running(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+# A leader that ignores SIGTERM and a grandchild that left the group with setsid: both
+# must still die. The leader writes its pid and the grandchild's into ``pids``.
+STUBBORN = (
+    "trap '' TERM; "
+    "setsid sh -c 'trap \"\" TERM; echo $$ >> pids; exec sleep 300' & "
+    "echo $$ >> pids; sleep 300 & wait"
+)
+
+
+def comparable(o: JobOutcome) -> tuple[object, ...]:
+    return (o.result, o.exit_code, o.output_tail, o.error_message)
+
+
+async def test_results_and_logs_equal_the_local_backends(
+    backend: DaskBackend, tmp_path: Path
+) -> None:
+    cases = {
+        "pass": ("echo out; echo err >&2", {}),
+        "fail": ("echo failing; exit 3", {}),
+        "signal": ("kill -KILL $$", {}),
+        "timeout": ("echo slow; sleep 30", {"timeout_s": 0.5}),
+        "env": ('echo "$PO_JOB_ID $GREETING"', {"env": {"GREETING": "hello"}}),
+        "big": ("head -c 300000 /dev/zero | tr '\\0' x; echo", {"max_log_bytes": 4096}),
+    }
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    remote.mkdir()
+    starts: list[tuple[int, str | None]] = []
+    for name, (script, kw) in cases.items():
+        mine = await LocalBackend().run(spec_for(local, name, script, **kw))
+        theirs = await backend.run(
+            spec_for(remote, name, script, **kw), lambda pid, w: starts.append((pid, w))
+        )
+        assert comparable(theirs) == comparable(mine), name
+        assert (remote / f"{name}.log").read_bytes() == (local / f"{name}.log").read_bytes()
+        assert (remote / f"{name}.log").stat().st_mode & 0o777 == 0o600
+    conn = backend._conn  # the test looks at the cluster it connected to
+    assert conn is not None
+    workers = await conn.client.run(os.getpid)
+    assert len(starts) == len(cases)
+    assert {w for _, w in starts} <= set(workers)
+    assert all(pid > 0 for pid, _ in starts)
+
+
+async def test_a_missing_program_is_an_error_like_locally(
+    backend: DaskBackend, tmp_path: Path
+) -> None:
+    spec = JobSpec(
+        argv=("no-such-program-xyz",),
+        cwd=tmp_path,
+        env=dict(os.environ),
+        timeout_s=5,
+        job_id="missing",
+    )
+    mine, theirs = await LocalBackend().run(spec), await backend.run(spec)
+    assert theirs.result == "error"
+    assert comparable(theirs) == comparable(mine)
+
+
+async def test_changed_file_lists_reach_the_worker(backend: DaskBackend, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "j.changed").write_text("a.py\nb/c.py\n")
+    spec = spec_for(
+        tmp_path,
+        "changed",
+        'cat "$PO_CHANGED_FILE"; echo "$PO_CHANGED_FILE"',
+        env={"PO_CHANGED_FILE": str(state / "j.changed")},
+    )
+    outcome = await backend.run(spec)
+    assert outcome.result == "pass"
+    lines = outcome.output_tail.splitlines()
+    assert lines[:2] == ["a.py", "b/c.py"]
+    assert lines[2] != str(state / "j.changed")  # a private copy on the worker
+
+
+async def test_timeout_leaves_no_process_of_the_job(backend: DaskBackend, tmp_path: Path) -> None:
+    spec = spec_for(tmp_path, "slow", STUBBORN, timeout_s=1.0, kill_grace_s=0.5)
+    outcome = await backend.run(spec)
+    assert outcome.result == "timeout" and outcome.exit_code == 124
+    pids = await pids_in(tmp_path / "pids", 2)
+    assert await all_gone(pids, 5.0), [p for p in pids if running(p)]
+
+
+async def test_cancel_kills_the_job_on_the_worker_within_the_grace(
+    backend: DaskBackend, tmp_path: Path
+) -> None:
+    started = asyncio.Event()
+    spec = spec_for(tmp_path, "cancelme", STUBBORN, kill_grace_s=1.0)
+    task = asyncio.ensure_future(backend.run(spec, lambda pid, w: started.set()))
+    await asyncio.wait_for(started.wait(), 30)
+    pids = await pids_in(tmp_path / "pids", 2)
+    t0 = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - t0 < spec.kill_grace_s + 2.0
+    assert await all_gone(pids, 1.0), [p for p in pids if running(p)]
+
+
+async def test_shutdown_cancels_every_running_job(backend: DaskBackend, tmp_path: Path) -> None:
+    folders = [tmp_path / f"j{i}" for i in range(4)]
+    starts: list[int] = []
+    tasks = []
+    for i, folder in enumerate(folders):
+        folder.mkdir()
+        spec = spec_for(folder, f"shut{i}", STUBBORN, kill_grace_s=1.0)
+        tasks.append(asyncio.ensure_future(backend.run(spec, lambda pid, w: starts.append(pid))))
+    pids = [p for folder in folders for p in await pids_in(folder / "pids", 2)]
+    t0 = time.monotonic()
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert time.monotonic() - t0 < 1.0 + 2.0
+    assert await all_gone(pids, 1.0)
+
+
+async def test_a_cancel_before_the_start_leaves_nothing_running(
+    backend: DaskBackend, tmp_path: Path
+) -> None:
+    spec = spec_for(tmp_path, "early", "sleep 300")
+    task = asyncio.ensure_future(backend.run(spec))
+    await asyncio.sleep(0)  # submitted; not announced as started yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    conn = backend._conn
+    assert conn is not None
+    deadline = time.monotonic() + 20
+    while any("po-job-early" in keys for keys in (await conn.client.processing()).values()):
+        assert time.monotonic() < deadline, "the cancelled task stayed on a worker"
+        await asyncio.sleep(0.05)
+    # Had it started after all, the late start was answered with a kill.
+    assert await all_gone(_sleepers_with_job_id("early"), spec.kill_grace_s + 2.0)
+
+
+def _sleepers_with_job_id(job_id: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                env = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if f"PO_JOB_ID={job_id}".encode() in env.split(b"\0"):
+                found.append(int(entry))
+    return found
+
+
+async def test_a_worker_killed_mid_job_is_an_error_naming_it_and_leaves_no_orphan(
+    backend: DaskBackend, tmp_path: Path
+) -> None:
+    where: list[str] = []
+    spec = spec_for(tmp_path, "victim", STUBBORN, kill_grace_s=0.5)
+    task = asyncio.ensure_future(backend.run(spec, lambda pid, w: where.append(w or "")))
+    pids = await pids_in(tmp_path / "pids", 2)
+    conn = backend._conn
+    assert conn is not None and where
+    worker_pids = await conn.client.run(os.getpid, workers=where)
+    os.kill(worker_pids[where[0]], signal.SIGKILL)
+    outcome = await asyncio.wait_for(task, 30)
+    assert outcome.result == "error"
+    assert where[0] in outcome.error_message and "died" in outcome.error_message
+    assert await all_gone(pids, 5.0), [p for p in pids if running(p)]
+    # The backend still works (the nanny restarts the worker; the other one is there).
+    again = await backend.run(spec_for(tmp_path, "after", "echo fine"))
+    assert again.result == "pass"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_an_unreachable_scheduler_is_one_line_naming_the_address() -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    backend = open_backend("dask", address)
+    t0 = time.monotonic()
+    with pytest.raises(BackendUnavailable) as info:
+        await backend.start()
+    assert time.monotonic() - t0 < 30
+    message = str(info.value)
+    assert address in message and "\n" not in message
+
+
+def test_without_distributed_the_local_backend_still_imports(tmp_path: Path) -> None:
+    # A fresh interpreter in which ``distributed`` cannot be imported.
+    blocker = tmp_path / "distributed"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('distributed is not installed')\n")
+    code = (
+        "import parallel_orchestrator, parallel_orchestrator.cli\n"
+        "from parallel_orchestrator.backends.base import open_backend, BackendUnavailable\n"
+        "assert open_backend('local').name == 'local'\n"
+        "try:\n    open_backend('dask', 'tcp://x:1')\n"
+        "except BackendUnavailable as e:\n    print(e)\n"
+    )
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "parallel-orchestrator[dask]" in out.stdout
