@@ -8,6 +8,7 @@ job hosts, on this machine, so the tests can watch them by pid.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -22,13 +23,14 @@ pytest.importorskip("distributed")
 
 from distributed import LocalCluster
 
+from harness import run_cli
 from parallel_orchestrator.backends.base import (
     BackendUnavailable,
     LocalBackend,
     open_backend,
 )
 from parallel_orchestrator.backends.daskcluster import DaskBackend
-from parallel_orchestrator.jobs.runner import JobOutcome, JobSpec
+from parallel_orchestrator.jobs.model import JobOutcome, JobSpec
 from process_checks import running
 
 
@@ -175,6 +177,23 @@ async def test_changed_file_lists_reach_the_worker(backend: DaskBackend, tmp_pat
     assert lines[2] != str(state / "j.changed")  # a private copy on the worker
 
 
+async def test_the_private_temp_folder_is_made_on_the_worker(
+    backend: DaskBackend, tmp_path: Path
+) -> None:
+    daemon_side = str(tmp_path / "not-on-the-worker")
+    spec = spec_for(
+        tmp_path,
+        "tmp",
+        'test -d "$PO_TMPDIR" && test "$TMPDIR" = "$PO_TMPDIR" && echo "$PO_TMPDIR"',
+        env={"PO_TMPDIR": daemon_side, "TMPDIR": daemon_side},
+    )
+    outcome = await backend.run(spec)
+    assert outcome.result == "pass", outcome.output_tail
+    worker_side = outcome.output_tail.strip()
+    assert worker_side != daemon_side
+    assert not os.path.exists(worker_side)  # removed with the job
+
+
 async def test_timeout_leaves_no_process_of_the_job(backend: DaskBackend, tmp_path: Path) -> None:
     spec = spec_for(tmp_path, "slow", STUBBORN, timeout_s=1.0, kill_grace_s=0.5)
     outcome = await backend.run(spec)
@@ -309,3 +328,37 @@ def test_without_distributed_the_local_backend_still_imports(tmp_path: Path) -> 
         check=True,
     )
     assert "parallel-orchestrator[dask]" in out.stdout
+
+
+def once_config(tmp_path: Path, address: str) -> Path:
+    work = tmp_path / "hyp"
+    work.mkdir()
+    cfg = tmp_path / "po.toml"
+    cfg.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[worktrees]\nrepo = ""\npaths = ["{work}"]\n'
+        f'[executor]\nbackend = "dask"\naddress = "{address}"\n'
+        '[[scripts]]\nname = "ok"\ncommand = ["sh", "-c", "echo on $PO_HYPOTHESIS"]\n'
+        '[[scripts]]\nname = "bad"\ncommand = ["sh", "-c", "exit 4"]\n'
+    )
+    cfg.chmod(0o600)
+    return cfg
+
+
+def test_once_runs_on_the_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
+    cfg = once_config(tmp_path, cluster.scheduler_address)
+    done = run_cli("once", "-c", str(cfg), "--json", cwd=tmp_path, timeout=90)
+    assert done.returncode == 1, done.stderr
+    results = {r["script"]: r for r in json.loads(done.stdout)["results"]}
+    assert results["ok"]["result"] == "pass" and results["bad"]["exit_code"] == 4
+    assert Path(results["ok"]["log_path"]).read_text() == "on hyp\n"
+
+
+def test_once_with_an_unreachable_scheduler_exits_2_in_one_line(tmp_path: Path) -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    done = run_cli("once", "-c", str(once_config(tmp_path, address)), cwd=tmp_path, timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0], done.stderr

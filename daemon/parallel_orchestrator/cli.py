@@ -153,6 +153,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"batching:    debounce {d.debounce_ms} ms, max wait {d.max_batch_wait_ms} ms; "
         f"concurrency {d.concurrency}; on_busy {d.on_busy}"
     )
+    ex = settings.executor
+    print(f"executor:    {ex.backend}" + (f" (scheduler {ex.address})" if ex.address else ""))
     print(f"hypotheses ({len(worktrees)}):")
     for wt in worktrees:
         branch = wt.branch or "(detached)"
@@ -188,7 +190,14 @@ def cmd_once(args: argparse.Namespace) -> int:
     scripts = [s for s in settings.scripts if not args.script or s.name in args.script]
     if not selected_wt:
         return _fail("no hypothesis to run (check worktrees.repo / paths / include)")
-    results, stopped_by = asyncio.run(_interruptible(run_once(settings, selected_wt, scripts)))
+    from .backends.base import BackendUnavailable
+
+    try:
+        results, stopped_by = asyncio.run(
+            _interruptible(run_once(settings, selected_wt, scripts))
+        )
+    except BackendUnavailable as exc:
+        return _fail(str(exc))
     if stopped_by is not None:
         name = signal.Signals(stopped_by).name
         return _fail(f"stopped by {name}; its jobs were killed", 128 + stopped_by)

@@ -7,10 +7,12 @@ without ``distributed`` installed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..jobs.runner import JobOutcome, JobSpec, run_job
+from ..jobs.model import JobOutcome, JobSpec
+from ..jobs.runner import run_job
 
 BACKENDS: tuple[str, ...] = ("local", "dask")
 
@@ -41,6 +43,10 @@ class JobBackend(Protocol):
         re-raises CancelledError."""
         ...
 
+    async def slots(self) -> int:
+        """How many jobs it runs at once (max_concurrency = 0 means this many)."""
+        ...
+
     async def close(self) -> None:
         """Release what ``start`` took (connections, a cluster of our own)."""
 
@@ -58,6 +64,9 @@ class LocalBackend:
             return await run_job(spec)
         report = on_started
         return await run_job(spec, lambda pid: report(pid, None))
+
+    async def slots(self) -> int:
+        return os.cpu_count() or 1
 
     async def close(self) -> None:
         return None

@@ -39,7 +39,7 @@ from typing import Any
 from distributed import Client, LocalCluster
 from distributed.client import FutureCancelledError
 
-from ..jobs.runner import JobOutcome, JobSpec
+from ..jobs.model import JobOutcome, JobSpec
 from .base import BackendUnavailable, EventLog, OnStarted
 from .remote import RemoteJob, RemoteResult, cancel_job, run_remote
 
@@ -154,13 +154,13 @@ class DaskBackend:
     def scheduler_address(self) -> str:
         return self._target
 
-    async def total_threads(self) -> int:
-        """How many tasks the cluster runs at once now (0 when not connected)."""
+    async def slots(self) -> int:
+        """How many tasks the cluster runs at once now (its workers' threads; at least 1)."""
         conn = self._conn
         if conn is None:
-            return 0
-        info = conn.client.scheduler_info()
-        return sum(int(w.get("nthreads", 0)) for w in info.get("workers", {}).values())
+            return 1
+        identity = await conn.client.scheduler.identity(n_workers=0)
+        return max(1, int(identity.get("total_threads", 0)))
 
     async def _connect(self) -> _Connection:
         try:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..jobs.runner import JobOutcome, JobSpec
+from ..jobs.model import JobOutcome, JobSpec
 from . import hostwire
 
 # The folder holding the package, for the host's PYTHONPATH: the worker may have found us

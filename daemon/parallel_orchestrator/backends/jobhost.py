@@ -24,7 +24,8 @@ import signal
 import sys
 
 from ..jobs import janitor
-from ..jobs.runner import JobSpec, install_child_watcher, reap_orphan_zombies, run_job
+from ..jobs.model import JobSpec
+from ..jobs.runner import install_child_watcher, reap_orphan_zombies, run_job
 from . import hostwire
 
 PR_SET_PDEATHSIG = 1

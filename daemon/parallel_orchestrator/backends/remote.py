@@ -22,11 +22,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..jobs.runner import JobOutcome, JobSpec
+from ..jobs.model import JobOutcome, JobSpec
 from .hostlink import HostGone, HostLink, outcome_of
 
 # Files brought back beside the log (each capped like the log): enough for test reports.
 _OUTPUT_CAP_BYTES = 16 * 1024 * 1024
+# The job's private temp folder (jobs.tmpdirs), replaced by one on the worker.
+TMPDIR_VAR = "PO_TMPDIR"
 # After a cancel, how much longer than the job's kill grace the host may take to confirm.
 _KILL_SLACK_S = 2.0
 
@@ -97,6 +99,13 @@ def localize(job: RemoteJob, folder: Path) -> JobSpec:
         env[var] = local
         if original:
             argv = [a.replace(original, local) for a in argv]
+    private_tmp = env.get(TMPDIR_VAR)
+    if private_tmp:  # the daemon's per-job temp folder is on its host: make one here
+        local_tmp = folder / "tmp"
+        local_tmp.mkdir(mode=0o700)
+        if env.get("TMPDIR") == private_tmp:
+            env["TMPDIR"] = os.fsdecode(local_tmp)
+        env[TMPDIR_VAR] = os.fsdecode(local_tmp)
     log_path = folder / "run.log" if spec.log_path is not None else None
     return dataclasses.replace(spec, env=env, argv=tuple(argv), log_path=log_path)
 

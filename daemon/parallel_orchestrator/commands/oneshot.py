@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..jobs.runner import JobOutcome, install_child_watcher, run_job
+from ..backends.base import JobBackend, open_backend
+from ..jobs.runner import JobOutcome, install_child_watcher
 from ..jobs.spec import make_spec, prepare_run_files, prune_runs
 from ..repo.worktrees import Worktree
 from ..settings.loader import ScriptSettings, Settings
@@ -46,10 +47,27 @@ class OnceResult:
 async def run_once(
     settings: Settings, worktrees: list[Worktree], scripts: list[ScriptSettings]
 ) -> list[OnceResult]:
-    """Results in (hypothesis, script) order, whatever order they finished in."""
+    """Results in (hypothesis, script) order, whatever order they finished in.
+
+    Raises BackendUnavailable when ``[executor]`` names a cluster that cannot be reached.
+    """
     install_child_watcher()
+    backend = open_backend(settings.executor.backend, settings.executor.address)
+    await backend.start()
+    try:
+        return await _run_all(settings, worktrees, scripts, backend)
+    finally:
+        await backend.close()
+
+
+async def _run_all(
+    settings: Settings,
+    worktrees: list[Worktree],
+    scripts: list[ScriptSettings],
+    backend: JobBackend,
+) -> list[OnceResult]:
     session = secrets.token_hex(3)
-    limit = asyncio.Semaphore(settings.daemon.concurrency)
+    limit = asyncio.Semaphore(settings.daemon.max_concurrency or await backend.slots())
     runs_dir = settings.daemon.state_dir / "runs"
     pairs = [(wt, s) for wt in worktrees for s in scripts]
     # An exclusive script's jobs take turns (its lock first, so none holds a slot idle).
@@ -71,7 +89,7 @@ async def run_once(
                 files=files,
                 base_env=os.environ,
             )
-            outcome = await run_job(spec)
+            outcome = await backend.run(spec)
             if files is not None:
                 # pruning is housekeeping; a failure must not cost the result
                 with contextlib.suppress(OSError):

@@ -109,12 +109,21 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class ExecutorSettings:
+    """``[executor]``: where jobs run (see backends/)."""
+
+    backend: str = "local"  # local | dask
+    address: str = ""  # dask: the scheduler, e.g. tcp://10.0.0.5:8786; "local": a LocalCluster
+
+
+@dataclass(frozen=True)
 class Settings:
     daemon: DaemonSettings
     worktrees: WorktreeSettings
     scripts: tuple[ScriptSettings, ...]
     config_path: Path | None  # None -> the embedded default
     notify: NotifySettings = NotifySettings()
+    executor: ExecutorSettings = ExecutorSettings()
 
 
 # --------------------------------------------------------------------------- discovery
@@ -503,7 +512,7 @@ class _Errors:
 
 _MISSING: Any = object()
 
-_TOP_KEYS = ("daemon", "worktrees", "scripts", "notify")
+_TOP_KEYS = ("daemon", "worktrees", "scripts", "notify", "executor")
 _DAEMON_KEYS = (
     "state_dir",
     "status_file",
@@ -520,6 +529,8 @@ _DAEMON_KEYS = (
 _WORKTREE_KEYS = ("repo", "paths", "include", "exclude", "ignore", "respect_gitignore")
 _SCRIPT_KEYS = ("name", "command", "watch", "timeout_s", "kill_grace_s", "env", "cwd", "exclusive")
 _NOTIFY_KEYS = ("command", "desktop")
+_EXECUTOR_KEYS = ("backend", "address")
+EXECUTOR_BACKENDS: tuple[str, ...] = ("local", "dask")
 
 
 def settings_from_document(
@@ -534,12 +545,38 @@ def settings_from_document(
     worktrees = _worktrees(_table(document, "worktrees", errs), base, env, errs)
     scripts = _scripts(document.get("scripts", _MISSING), errs)
     notify = _notify(_table(document, "notify", errs), errs)
+    executor = _executor(_table(document, "executor", errs), errs)
     if errs.items:
         raise ConfigError(errs.items)
     assert daemon is not None and worktrees is not None and notify is not None
+    assert executor is not None
     return Settings(
-        daemon=daemon, worktrees=worktrees, scripts=scripts, config_path=path, notify=notify
+        daemon=daemon,
+        worktrees=worktrees,
+        scripts=scripts,
+        config_path=path,
+        notify=notify,
+        executor=executor,
     )
+
+
+def _executor(table: Mapping[str, Any], errs: _Errors) -> ExecutorSettings | None:
+    _reject_unknown(table, "executor", _EXECUTOR_KEYS, errs)
+    backend = _choice(table, "backend", "executor.", EXECUTOR_BACKENDS, "local", errs)
+    address = table.get("address", "")
+    if not isinstance(address, str) or address != address.strip() or "\0" in address:
+        errs.add("executor.address", f"expected a scheduler address string, got {_show(address)}")
+        return None
+    if backend == "dask" and not address:
+        errs.add(
+            "executor.address",
+            'required with backend = "dask": the scheduler (e.g. "tcp://10.0.0.5:8786") '
+            'or "local" for a LocalCluster started in-process',
+        )
+        return None
+    if backend is None:
+        return None
+    return ExecutorSettings(backend=backend, address=address)
 
 
 def _notify(table: Mapping[str, Any], errs: _Errors) -> NotifySettings | None:
