@@ -193,9 +193,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from .backends.base import BackendUnavailable
 
     try:
-        results, stopped_by = asyncio.run(
-            _interruptible(run_once(settings, selected_wt, scripts))
-        )
+        results, stopped_by = asyncio.run(_interruptible(run_once(settings, selected_wt, scripts)))
     except BackendUnavailable as exc:
         return _fail(str(exc))
     if stopped_by is not None:
