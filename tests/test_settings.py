@@ -13,6 +13,7 @@ import pytest
 from parallel_orchestrator.settings.loader import (
     ConfigError,
     DaemonSettings,
+    ExecutorSettings,
     NotifySettings,
     ScriptSettings,
     Settings,
@@ -573,8 +574,9 @@ def test_example_file_loads_and_spells_out_every_default(tmp_path: Path) -> None
         config_path=example,
     )
     document = tomllib.loads(example.read_text(encoding="utf-8"))
-    assert set(document) == {"daemon", "worktrees", "scripts", "notify"}
+    assert set(document) == {"daemon", "worktrees", "scripts", "notify", "executor"}
     assert set(document["notify"]) == {f.name for f in fields(NotifySettings)}
+    assert set(document["executor"]) == {f.name for f in fields(ExecutorSettings)}
     assert set(document["daemon"]) == {f.name for f in fields(DaemonSettings)}
     assert set(document["worktrees"]) == {f.name for f in fields(WorktreeSettings)}
     assert set(document["scripts"][0]) == {f.name for f in fields(ScriptSettings)}
