@@ -55,6 +55,7 @@ class WorktreeIndex:
     ) -> None:
         """``roots``: hyp -> worktree path; ``locks``: hyp -> its index.lock path;
         ``admin_dirs``: ``<common git dir>/worktrees`` of each repository."""
+        self._roots = dict(roots)
         self._root_paths = {path: hyp for hyp, path in roots.items()}
         # (path + "/", hyp), longest first: a nested worktree wins over its parent.
         self._prefixes = sorted(
@@ -65,6 +66,10 @@ class WorktreeIndex:
         self._lock_of = dict(locks or {})
         self._locks = {lock: hyp for hyp, lock in self._lock_of.items()}
         self.admin_dirs = frozenset(admin_dirs)
+
+    def root(self, hyp: str) -> str | None:
+        """The worktree path of ``hyp``; None when it is not (or no longer) indexed."""
+        return self._roots.get(hyp)
 
     def lock_path(self, hyp: str) -> str | None:
         """The ``index.lock`` path of ``hyp``; None when git's dir is unknown."""

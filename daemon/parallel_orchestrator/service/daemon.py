@@ -22,9 +22,8 @@ from typing import Any
 from .. import __version__
 from ..jobs import janitor, ledger
 from ..jobs.runner import install_child_watcher, job_leaders, reap_orphan_zombies
-from ..pipeline.batcher import Batch, Batcher
+from ..pipeline.batcher import Batch
 from ..pipeline.scheduler import Scheduler
-from ..repo.filters import GitInternalsFilter, GlobIgnoreFilter
 from ..repo.worktreeindex import WorktreeIndex, index_worktrees
 from ..repo.worktrees import Worktree, WorktreeError, discover_async
 from ..report.eventlog import configure_logging, get_logger
@@ -32,7 +31,7 @@ from ..report.status import StatusBoard, load_previous
 from ..report.statuswriter import StatusWriter
 from ..settings.loader import ConfigError, Settings, load_settings
 from ..store.folders import make_dirs
-from ..watch.watcher import Chunk, Watcher, step_for
+from ..watch.watcher import Watcher, step_for
 from .dispatch import dispatch_batch, run_everything
 from .intake import ChangeIntake
 from .jobglue import BoardHooks, JobGlue, path_or_none, report_recovered
@@ -108,8 +107,6 @@ class Daemon:
         self.session = secrets.token_hex(3)
         self.worktrees: dict[str, Worktree] = {}
         self.index = WorktreeIndex({})
-        self._git_filter = GitInternalsFilter()
-        self._glob_filter = GlobIgnoreFilter(settings.worktrees.ignore)
         self._signals: asyncio.Queue[int] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rediscover_requested = asyncio.Event()
@@ -128,17 +125,15 @@ class Daemon:
             before_write=self._refine_daemon_state,
         )
         self.intake = ChangeIntake(
-            Batcher(
-                d.debounce_ms / 1000,
-                d.max_batch_wait_ms / 1000,
-                self._is_locked,
-                id_prefix=f"{self.session}-b",
-                exists=self._exists,
-            ),
+            debounce_s=d.debounce_ms / 1000,
+            max_wait_s=d.max_batch_wait_ms / 1000,
+            batch_id_prefix=f"{self.session}-b",
+            index=lambda: self.index,
+            ignore=settings.worktrees.ignore,
             dispatch=self._dispatch_batch,
             spawn=self._spawn,
             respect_gitignore=lambda: self.settings.worktrees.respect_gitignore,
-            known=lambda hyp: hyp in self.worktrees,
+            rediscover=self._rediscover_requested.set,
             log=lambda: self.log,
         )
         self.batcher = self.intake.batcher
@@ -217,7 +212,7 @@ class Daemon:
     async def _start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
         self.watcher = Watcher(
             loop,
-            self._on_chunk,
+            self.intake.on_chunk,
             self._on_watcher_restart,
             step_for(self.settings.daemon.debounce_ms, self.env),
         )
@@ -393,32 +388,6 @@ class Daemon:
             self.log.warning("escapees_killed", pids=killed, when=when)
 
     # == changes ==========================================================================
-    def _exists(self, hyp: str, rel: str) -> bool:
-        wt = self.worktrees.get(hyp)
-        return wt is not None and os.path.lexists(os.path.join(wt.path, rel))
-
-    def _is_locked(self, hyp: str) -> bool:
-        lock = self.index.lock_path(hyp)
-        return lock is not None and os.path.exists(lock)
-
-    def _ignored(self, rel: str) -> bool:
-        return self._git_filter.ignored(rel) or self._glob_filter.ignored(rel)
-
-    def _on_chunk(self, chunk: Chunk) -> None:
-        seen = self.index.classify(chunk.changes, self._ignored)
-        for hyp in seen.released:
-            self.batcher.lock_released(hyp)
-        for hyp in seen.gitignore_touched:
-            self.intake.gitignore_changed(hyp)
-        if seen.rediscover:
-            self._rediscover_requested.set()
-        if seen.lock_event:
-            self.intake.arm(force=True)
-        for hyp, rels in seen.changed.items():
-            self.intake.add(hyp, rels, chunk.first, chunk.last, seen.created.get(hyp, set()))
-        if seen.changed:
-            self.intake.arm()
-
     def _on_watcher_restart(self, reason: str) -> None:
         self.log.warning("watcher_restarted", reason=reason)
 
@@ -469,7 +438,7 @@ class Daemon:
         self.batcher.max_wait_s = d.max_batch_wait_ms / 1000
         if self.watcher is not None:
             self.watcher.set_step(step_for(d.debounce_ms, self.env))
-        self._glob_filter = GlobIgnoreFilter(new.worktrees.ignore)
+        self.intake.set_ignore(new.worktrees.ignore)
         self.scheduler.set_limits(
             d.concurrency, d.on_busy, [s.name for s in new.scripts if s.exclusive]
         )

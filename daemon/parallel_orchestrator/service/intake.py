@@ -1,47 +1,68 @@
-"""Changed paths into the batcher: gitignore admission, then the batch timer.
+"""Watcher chunks into batches: classification, gitignore admission, the batch timer.
 
-With ``respect_gitignore`` each hypothesis' paths are first put to ``git check-ignore``
-(a subprocess, awaited off the loop's critical path); only the rest reach the batcher.
-The batch timer runs on loop timers: it fires at the batcher's next deadline and hands
-each closed batch to ``dispatch``. While any admission is in flight the timer waits:
-closing a batch, or releasing a git operation's held changes, before the chunks already
-seen have been admitted would split one burst or one checkout into two batches.
+Each chunk is sorted per hypothesis by the ``WorktreeIndex`` (ignored paths dropped by
+the .git and ``ignore`` glob filters); a released ``index.lock`` lets the batcher go on,
+a changed root or git admin dir asks for rediscovery. With ``respect_gitignore`` each
+hypothesis' paths are then put to ``git check-ignore`` (a subprocess, awaited in a task);
+only the rest reach the batcher. The batch timer runs on loop timers: it fires at the
+batcher's next deadline and hands each closed batch to ``dispatch``. While any admission
+is in flight the timer waits: closing a batch, or releasing a git operation's held
+changes, before the chunks already seen have been admitted would split one burst or one
+checkout into two batches.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import os
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..pipeline.batcher import Batch, Batcher
-from ..repo.filters import GitCheckIgnoreError, GitIgnoreOracle
+from ..repo.filters import (
+    GitCheckIgnoreError,
+    GitIgnoreOracle,
+    GitInternalsFilter,
+    GlobIgnoreFilter,
+)
+from ..repo.worktreeindex import WorktreeIndex
+from ..watch.watcher import Chunk
 
 
 class ChangeIntake:
-    """Admits changed paths (gitignore) into ``batcher`` and closes batches on time.
+    """Turns watcher chunks into the batcher's input and closes batches on time.
 
+    ``index`` gives the current ``WorktreeIndex`` (replaced when worktrees change);
     ``spawn`` runs a coroutine as a task the daemon owns (cancelled at shutdown);
     ``respect_gitignore`` and ``log`` are callables because a reload may change them;
-    ``known`` tells whether a hypothesis still exists when its admission ends.
+    ``rediscover`` asks the daemon to list the worktrees again.
     """
 
     def __init__(
         self,
-        batcher: Batcher,
         *,
+        debounce_s: float,
+        max_wait_s: float,
+        batch_id_prefix: str,
+        index: Callable[[], WorktreeIndex],
+        ignore: Iterable[str],
         dispatch: Callable[[Batch], None],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         respect_gitignore: Callable[[], bool],
-        known: Callable[[str], bool],
+        rediscover: Callable[[], None],
         log: Callable[[], Any],
     ) -> None:
-        self.batcher = batcher
+        self.batcher = Batcher(
+            debounce_s, max_wait_s, self.is_locked, id_prefix=batch_id_prefix, exists=self.exists
+        )
+        self._index = index
+        self._git_filter = GitInternalsFilter()
+        self._glob_filter = GlobIgnoreFilter(ignore)
         self._dispatch = dispatch
         self._spawn = spawn
         self._respect_gitignore = respect_gitignore
-        self._known = known
+        self._rediscover = rediscover
         self._log = log
         self._oracles: dict[str, GitIgnoreOracle] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -49,6 +70,39 @@ class ChangeIntake:
         self._admitting = 0  # admissions in flight
         self._force_after_admit = False
         self._closing = False
+
+    def set_ignore(self, ignore: Iterable[str]) -> None:
+        """The ``ignore`` globs of a reloaded config."""
+        self._glob_filter = GlobIgnoreFilter(ignore)
+
+    # -- what the batcher asks the file system (stat only) ------------------------------
+    def exists(self, hyp: str, rel: str) -> bool:
+        root = self._index().root(hyp)
+        return root is not None and os.path.lexists(os.path.join(root, rel))
+
+    def is_locked(self, hyp: str) -> bool:
+        lock = self._index().lock_path(hyp)
+        return lock is not None and os.path.exists(lock)
+
+    # -- chunks -------------------------------------------------------------------------
+    def _ignored(self, rel: str) -> bool:
+        return self._git_filter.ignored(rel) or self._glob_filter.ignored(rel)
+
+    def on_chunk(self, chunk: Chunk) -> None:
+        """The watcher's callback (on the loop): one chunk of raw changes."""
+        seen = self._index().classify(chunk.changes, self._ignored)
+        for hyp in seen.released:
+            self.batcher.lock_released(hyp)
+        for hyp in seen.gitignore_touched:
+            self.gitignore_changed(hyp)
+        if seen.rediscover:
+            self._rediscover()
+        if seen.lock_event:
+            self.arm(force=True)
+        for hyp, rels in seen.changed.items():
+            self.add(hyp, rels, chunk.first, chunk.last, seen.created.get(hyp, set()))
+        if seen.changed:
+            self.arm()
 
     # -- gitignore oracles, one per worktree ------------------------------------------
     def track(self, hyp: str, path: Path) -> None:
@@ -90,7 +144,7 @@ class ChangeIntake:
                 self._log().warning("gitignore_check_failed", hypothesis=hyp, error=str(exc))
                 ignored = set()
             keep = rels - ignored
-            if keep and self._known(hyp):
+            if keep and self._index().root(hyp) is not None:
                 self.batcher.add(hyp, keep, first, last, created & keep)
         finally:
             self._admitting -= 1
