@@ -1,7 +1,8 @@
 """The command line; the only module that turns outcomes into exit codes.
 
 Exit codes (a contract): 0 success; 1 some job did not pass; 2 usage or configuration
-error; 3 (``status``) no status file to read.
+error; 3 (``status``) no status file to read. Every ``OrchestratorError`` a command does not
+turn into another code itself is caught once, in ``main``: its lines on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import __version__
+from .errors import OrchestratorError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_STATUS = 0, 1, 2, 3
 PROG = "parallel-orchestrator"
@@ -93,17 +95,12 @@ def _load(config: str | None):  # -> Settings
     return locate_and_load(config)
 
 
-def _load_and_discover(config: str | None):  # -> (Settings, list[Worktree]) | exit code
-    """Config and hypotheses, or the exit code after printing why not (one line each)."""
-    from .repo.worktrees import WorktreeError, discover
-    from .settings.loader import ConfigError
+def _load_and_discover(config: str | None):  # -> (Settings, list[Worktree])
+    """Config and hypotheses; a ConfigError or WorktreeError reaches ``main``."""
+    from .repo.worktrees import discover
 
-    try:
-        settings = _load(config)
-        return settings, discover(settings.worktrees, strict=True)
-    except (ConfigError, WorktreeError) as exc:
-        errors = getattr(exc, "errors", None) or [str(exc)]
-        return _fail("\n".join(errors))
+    settings = _load(config)
+    return settings, discover(settings.worktrees, strict=True)
 
 
 # -- commands -------------------------------------------------------------------------
@@ -115,34 +112,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda signum, _frame: early.append(signum))
 
     from .report.eventlog import configure_logging
-    from .service.daemon import Daemon, DaemonError, prepare_state_dir
-    from .settings.loader import ConfigError
+    from .service.daemon import Daemon, prepare_state_dir
 
-    try:
-        settings = _load(args.config)
-        d = settings.daemon
-        prepare_state_dir(d.state_dir)  # before the log file, which may live inside it
-    except ConfigError as exc:
-        return _fail("\n".join(exc.errors))
-    except DaemonError as exc:
-        return _fail(str(exc))
+    settings = _load(args.config)
+    d = settings.daemon
+    prepare_state_dir(d.state_dir)  # before the log file, which may live inside it
     try:
         configure_logging(d.log_level, d.log_file)
     except OSError as exc:
         return _fail(f"log file {d.log_file}: cannot open: {exc.strerror or exc}")
     if any(sig in (signal.SIGTERM, signal.SIGINT) for sig in early):
         return EXIT_OK  # asked to stop before anything started
-    try:
-        return asyncio.run(Daemon(settings, early_signals=early).run())
-    except DaemonError as exc:
-        return _fail(str(exc))
+    return asyncio.run(Daemon(settings, early_signals=early).run())
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    loaded = _load_and_discover(args.config)
-    if isinstance(loaded, int):
-        return loaded
-    settings, worktrees = loaded
+    settings, worktrees = _load_and_discover(args.config)
     d = settings.daemon
     cfg = os.fsdecode(settings.config_path) if settings.config_path else "(embedded default)"
     print(f"config:      {cfg}")
@@ -171,10 +156,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_once(args: argparse.Namespace) -> int:
     from .commands.oneshot import render_results, run_once
 
-    loaded = _load_and_discover(args.config)
-    if isinstance(loaded, int):
-        return loaded
-    settings, worktrees = loaded
+    settings, worktrees = _load_and_discover(args.config)
     known_h = {wt.id for wt in worktrees}
     known_s = {s.name for s in settings.scripts}
     for h in args.hypothesis:
@@ -281,16 +263,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .commands.initializer import InitError, init_config
+    from .commands.initializer import init_config
 
-    try:
-        result = init_config(
-            Path(args.repo) if args.repo else None,
-            Path(args.output) if args.output else None,
-            args.force,
-        )
-    except InitError as exc:
-        return _fail(str(exc))
+    result = init_config(
+        Path(args.repo) if args.repo else None,
+        Path(args.output) if args.output else None,
+        args.force,
+    )
     print(f"wrote {os.fsdecode(result.path)}")
     for note in result.notes:
         print(f"  {note}")
@@ -323,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except OrchestratorError as exc:
+        return _fail("\n".join(exc.lines))
     except BrokenPipeError:
         # The reader went away (``status --json | head``): not our error. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import tomli_w
 
+from ..errors import OrchestratorError
 from ..jobs import janitor
 from ..report import statusview
 
@@ -43,7 +44,7 @@ print("ok: add(2, 3) == 5")
 """
 
 
-class DemoError(Exception):
+class DemoError(OrchestratorError):
     """The demo could not show what it promises; one line."""
 
 

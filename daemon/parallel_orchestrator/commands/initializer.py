@@ -25,6 +25,7 @@ from typing import Any
 
 import tomli_w
 
+from ..errors import OrchestratorError
 from ..settings.loader import (
     DEFAULT_COMMAND,
     DEFAULT_WATCH,
@@ -48,7 +49,7 @@ _CARGO_IGNORE = ("/target",)
 _BROAD_IGNORE = ("__pycache__", ".pytest_cache", "*.pyc", "*.o", "/build", "/dist")
 
 
-class InitError(Exception):
+class InitError(OrchestratorError):
     """Why ``init`` wrote nothing; ``str()`` is one line naming the path involved."""
 
 

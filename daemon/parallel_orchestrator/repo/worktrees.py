@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from ..errors import OrchestratorError
 from ..settings.loader import WorktreeSettings
 
 GIT_TIMEOUT_S = 30.0
@@ -34,7 +35,7 @@ _GIT_LOCATION_VARS = (
 )
 
 
-class WorktreeError(Exception):
+class WorktreeError(OrchestratorError):
     """Discovery failed; ``str()`` is one line naming the path involved."""
 
 

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 import watchfiles
 
+from ..errors import OrchestratorError
 from .safetext import one_line
 
 SCHEMA_VERSION = 1
@@ -63,7 +64,7 @@ _FAILING = frozenset({"fail", "timeout", "error"})
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
-class StatusFileError(Exception):
+class StatusFileError(OrchestratorError):
     """The status file cannot be shown; ``str()`` is one line naming the path."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..errors import OrchestratorError
 from ..jobs import janitor, ledger
 from ..jobs.runner import install_child_watcher, job_leaders, reap_orphan_zombies
 from ..pipeline.batcher import Batch
@@ -42,7 +43,7 @@ REAP_EVERY_S = 2.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-class DaemonError(Exception):
+class DaemonError(OrchestratorError):
     """A reason the daemon cannot start; one line, names the thing at fault."""
 
 

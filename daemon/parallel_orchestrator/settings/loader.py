@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from ..errors import OrchestratorError
 from ..repo.pathglob import glob_problem
 
 OnBusy = Literal["restart", "queue", "ignore"]
@@ -46,7 +47,7 @@ _MAX_NESTING = 32  # no real config nests more than a few levels
 _INT64_MAX = 2**63 - 1  # TOML integers are 64-bit; larger ones would overflow timers
 
 
-class ConfigError(Exception):
+class ConfigError(OrchestratorError):
     """A configuration problem; ``str()`` is one line naming the file and the key.
 
     ``errors`` holds each problem as its own single line, so the CLI can print one per line
@@ -57,6 +58,10 @@ class ConfigError(Exception):
         items = [errors] if isinstance(errors, str) else list(errors)
         self.errors: list[str] = [_one_line(e) for e in items] or ["invalid configuration"]
         super().__init__("; ".join(self.errors))
+
+    @property
+    def lines(self) -> list[str]:
+        return list(self.errors)
 
 
 @dataclass(frozen=True)
