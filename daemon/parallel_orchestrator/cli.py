@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from . import __version__
 from .errors import OrchestratorError
+from .states import PASS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_STATUS = 0, 1, 2, 3
 PROG = "parallel-orchestrator"
@@ -185,7 +186,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         json.dump(
             {
                 "results": [r.to_dict() for r in results],
-                "passed": all(r.outcome.result == "pass" for r in results),
+                "passed": all(r.outcome.result == PASS for r in results),
             },
             sys.stdout,
             indent=2,
@@ -193,7 +194,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         print()
     else:
         print(render_results(results))
-    return EXIT_OK if all(r.outcome.result == "pass" for r in results) else EXIT_FAILED
+    return EXIT_OK if all(r.outcome.result == PASS for r in results) else EXIT_FAILED
 
 
 async def _interruptible(work: Coroutine[Any, Any, T]) -> tuple[T | None, int | None]:

@@ -19,6 +19,7 @@ from ..jobs.runner import JobOutcome, install_child_watcher
 from ..jobs.spec import make_spec, prepare_run_files, prune_runs
 from ..repo.worktrees import Worktree
 from ..settings.loader import ScriptSettings, Settings
+from ..states import FAIL, PASS
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def render_results(results: list[OnceResult]) -> str:
                 continue
             o = r.outcome
             text = f"{o.result.upper()} {o.duration_s:.1f}s"
-            if o.result == "fail" and o.exit_code is not None:
+            if o.result == FAIL and o.exit_code is not None:
                 text += f" (exit {o.exit_code})"
             row.append(text)
         rows.append(row)
@@ -124,12 +125,12 @@ def render_results(results: list[OnceResult]) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    passed = sum(r.outcome.result == "pass" for r in results)
+    passed = sum(r.outcome.result == PASS for r in results)
     lines.append("")
     lines.append(f"{passed}/{len(results)} passed")
     for r in results:
-        if r.outcome.result != "pass" and r.outcome.error_message:
+        if r.outcome.result != PASS and r.outcome.error_message:
             lines.append(f"{r.hypothesis}/{r.script}: {r.outcome.error_message}")
-        elif r.outcome.result != "pass" and r.log_path is not None:
+        elif r.outcome.result != PASS and r.log_path is not None:
             lines.append(f"{r.hypothesis}/{r.script}: log {os.fsdecode(r.log_path)}")
     return "\n".join(lines)

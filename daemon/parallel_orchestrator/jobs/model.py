@@ -1,6 +1,6 @@
 """What a job is and what became of it: ``JobSpec`` in, ``JobOutcome`` out.
 
-A leaf module (it imports nothing from the package) so that every part of the job
+A leaf module (it imports only the leaf ``states``) so that every part of the job
 machinery — spawning, watching, output, the runner — and every caller can name these
 types without importing the runner, and imports flow one way.
 """
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-Result = Literal["pass", "fail", "timeout", "error", "cancelled"]
+from ..states import OUTPUT_TAIL_BYTES, Result
+
+__all__ = ["JobOutcome", "JobSpec", "Result"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class JobSpec:
     job_id: str = ""  # also exported as PO_JOB_ID, the marker used to find escaped descendants
     log_path: Path | None = None  # combined stdout+stderr, created 0600, capped (head + tail)
     max_log_bytes: int = 8 * 1024 * 1024
-    tail_bytes: int = 2048
+    tail_bytes: int = OUTPUT_TAIL_BYTES
     # stderr in its own pipe, reported apart (JobOutcome.stderr_*). The log still gets
     # both, interleaved in the order the loop read them (exact order needs one pipe).
     split_stderr: bool = False

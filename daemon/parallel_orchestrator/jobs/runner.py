@@ -51,6 +51,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..states import ERROR, FAIL, PASS, TIMEOUT
 from . import janitor
 from .childwatch import install_child_watcher
 from .leaders import job_leaders, reap_orphan_zombies
@@ -188,24 +189,24 @@ def _last_resort_kill(pgid: int, job_id: str) -> None:
 
 def _result_of(rc: int | None, timed_out: bool, spec: JobSpec) -> tuple[Result, int | None, str]:
     if timed_out:
-        return "timeout", TIMEOUT_EXIT_CODE, f"timed out after {spec.timeout_s:g} s"
+        return TIMEOUT, TIMEOUT_EXIT_CODE, f"timed out after {spec.timeout_s:g} s"
     if rc is None:
-        return "error", None, "the process did not exit after SIGKILL"
+        return ERROR, None, "the process did not exit after SIGKILL"
     if rc == 0:
-        return "pass", 0, ""
+        return PASS, 0, ""
     if rc < 0:
         try:
             name = signal.Signals(-rc).name
         except ValueError:
             name = f"signal {-rc}"
-        return "fail", 128 - rc, f"killed by {name}"
-    return "fail", rc, ""
+        return FAIL, 128 - rc, f"killed by {name}"
+    return FAIL, rc, ""
 
 
 def _error_outcome(message: str, started_at: float, t0: float) -> JobOutcome:
     """The outcome of a job that never ran (bad spec, log not writable, spawn failed)."""
     return JobOutcome(
-        result="error",
+        result=ERROR,
         exit_code=None,
         duration_s=time.monotonic() - t0,
         output_tail="",

@@ -26,6 +26,8 @@ import itertools
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
+from ..states import DROP_BUSY, DROP_STOPPING, QUEUED
+
 Key = tuple[str, str]  # (hypothesis, script)
 
 
@@ -106,12 +108,12 @@ class Scheduler:
     def submit(self, req: JobRequest) -> str:
         """Returns what happened: started, queued, coalesced, restarting, rerun, ignored."""
         if self._stopping:
-            self._hooks.dropped(req, "stopping")
+            self._hooks.dropped(req, DROP_STOPPING)
             return "ignored"
         slot = self._slots.setdefault(req.key, _Slot())
         if slot.running is not None:
             if self.on_busy == "ignore":
-                self._hooks.dropped(req, "busy")
+                self._hooks.dropped(req, DROP_BUSY)
                 return "ignored"
             slot.rerun = req if slot.rerun is None else slot.rerun.merge(req)
             if self.on_busy == "restart":
@@ -124,7 +126,7 @@ class Scheduler:
             slot.waiting = slot.waiting.merge(req)
             return "coalesced"
         self._enqueue(slot, req)
-        return "started" if self._dispatch_one_check(req.key) else "queued"
+        return "started" if self._dispatch_one_check(req.key) else QUEUED
 
     def _enqueue(self, slot: _Slot, req: JobRequest) -> None:
         slot.waiting = req
@@ -232,7 +234,7 @@ class Scheduler:
         self._stopping = True
         tasks = []
         for slot in self._slots.values():
-            self._drop_pending(slot, "stopping")
+            self._drop_pending(slot, DROP_STOPPING)
             if slot.running is not None:
                 if not slot.cancelling:
                     slot.cancelling = True

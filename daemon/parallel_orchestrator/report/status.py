@@ -17,11 +17,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..states import (
+    ACTIVE_STATES,
+    CELL_STATES,
+    DAEMON_STARTING,
+    FINAL_RESULTS,
+    NEVER_RUN,
+    QUEUED,
+    RUNNING,
+)
 from .safetext import finite
 
 SCHEMA_VERSION = 1
-FINAL_RESULTS = ("pass", "fail", "timeout", "error", "cancelled")
-SUMMARY_KEYS = ("pass", "fail", "timeout", "error", "cancelled", "running", "queued", "never_run")
+SUMMARY_KEYS = CELL_STATES  # the summary's keys, in the design's order
 
 
 def iso(ts: float | None) -> str | None:
@@ -33,7 +41,7 @@ def iso(ts: float | None) -> str | None:
 
 def empty_cell() -> dict[str, Any]:
     return {
-        "state": "never_run",
+        "state": NEVER_RUN,
         "last_result": None,
         "exit_code": None,
         "duration_s": None,
@@ -73,7 +81,7 @@ class StatusBoard:
             "daemon": {
                 "pid": pid,
                 "version": version,
-                "state": "starting",
+                "state": DAEMON_STARTING,
                 "started_at": now,
                 "updated_at": now,
                 "config_path": os.fsdecode(config_path) if config_path else None,
@@ -98,9 +106,9 @@ class StatusBoard:
                 if name in mine["scripts"] and isinstance(cell, dict):
                     merged = empty_cell()
                     merged.update({k: cell[k] for k in merged if k in cell and _fits(k, cell[k])})
-                    if merged["state"] in ("running", "queued"):
+                    if merged["state"] in ACTIVE_STATES:
                         # The old daemon died mid-job; crash recovery refines this.
-                        merged["state"] = merged["last_result"] or "never_run"
+                        merged["state"] = merged["last_result"] or NEVER_RUN
                     mine["scripts"][name] = merged
 
     def set_hypotheses(
@@ -128,17 +136,17 @@ class StatusBoard:
     def mark_queued(self, hyp: str, script: str) -> bool:
         """A run was queued; a running cell stays running. True when the cell changed."""
         cell = self.cell(hyp, script)
-        if cell is None or cell["state"] == "running":
+        if cell is None or cell["state"] == RUNNING:
             return False
-        cell["state"] = "queued"
+        cell["state"] = QUEUED
         return True
 
     def mark_dropped(self, hyp: str, script: str) -> bool:
         """A queued run was dropped: the cell shows its last result again (or never_run)."""
         cell = self.cell(hyp, script)
-        if cell is None or cell["state"] != "queued":
+        if cell is None or cell["state"] != QUEUED:
             return False
-        cell["state"] = cell["last_result"] or "never_run"
+        cell["state"] = cell["last_result"] or NEVER_RUN
         return True
 
     def set_daemon_state(self, state: str) -> None:
@@ -168,7 +176,7 @@ class StatusBoard:
         write_atomic(path, self.render(), mode=0o600)
 
 
-_CELL_STATES = frozenset(("never_run", "queued", "running", *FINAL_RESULTS))
+_CELL_STATES = frozenset(CELL_STATES)
 _CELL_STRINGS = frozenset(
     ("started_at", "finished_at", "job_id", "batch_id", "log_path", "output_tail")
 )

@@ -24,20 +24,35 @@ from typing import Any, TextIO
 import watchfiles
 
 from ..errors import OrchestratorError
+from ..states import (
+    ACTIVE_STATES,
+    CANCELLED,
+    CELL_STATES,
+    DAEMON_STOPPED,
+    ERROR,
+    FAIL,
+    FAILING_RESULTS,
+    FINAL_RESULTS,
+    NEVER_RUN,
+    PASS,
+    QUEUED,
+    RUNNING,
+    TIMEOUT,
+)
 from .safetext import one_line
 
 SCHEMA_VERSION = 1
 
 # state -> (unicode mark, ascii mark, short word shown next to the mark)
 _MARKS: dict[str, tuple[str, str, str]] = {
-    "pass": ("✓", "+", "pass"),
-    "fail": ("✗", "x", "fail"),
-    "timeout": ("⏱", "T", "timeout"),
-    "error": ("!", "!", "error"),
-    "cancelled": ("\u2013", "-", "cancelled"),  # en dash
-    "running": ("▶", ">", "running"),
-    "queued": ("…", "~", "queued"),
-    "never_run": ("·", ".", "never"),
+    PASS: ("✓", "+", "pass"),
+    FAIL: ("✗", "x", "fail"),
+    TIMEOUT: ("⏱", "T", "timeout"),
+    ERROR: ("!", "!", "error"),
+    CANCELLED: ("\u2013", "-", "cancelled"),  # en dash
+    RUNNING: ("▶", ">", "running"),
+    QUEUED: ("…", "~", "queued"),
+    NEVER_RUN: ("·", ".", "never"),
 }
 _UNKNOWN_MARK = ("?", "?", "")
 
@@ -51,16 +66,16 @@ _ANSI = {
 }
 _RESET = "\x1b[0m"
 _STATE_COLOR = {
-    "pass": "green",
-    "fail": "red",
-    "error": "red",
-    "timeout": "yellow",
-    "running": "cyan",
-    "never_run": "dim",
-    "cancelled": "dim",
+    PASS: "green",
+    FAIL: "red",
+    ERROR: "red",
+    TIMEOUT: "yellow",
+    RUNNING: "cyan",
+    NEVER_RUN: "dim",
+    CANCELLED: "dim",
 }
-_SUMMARY_ORDER = ("pass", "fail", "timeout", "error", "cancelled", "running", "queued", "never_run")
-_FAILING = frozenset({"fail", "timeout", "error"})
+_SUMMARY_ORDER = CELL_STATES
+_FAILING = FAILING_RESULTS
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
@@ -263,12 +278,12 @@ def summary_line(doc: Mapping[str, Any]) -> str:
     parts = [f"{n_hyp} {'hypothesis' if n_hyp == 1 else 'hypotheses'}"]
     failing = sum(counts[s] for s in _FAILING)
     for count, label in (
-        (counts["running"], "running"),
-        (counts["queued"], "queued"),
+        (counts[RUNNING], "running"),
+        (counts[QUEUED], "queued"),
         (failing, "failing"),
-        (counts["pass"], "passing"),
-        (counts["cancelled"], "cancelled"),
-        (counts["never_run"], "never run"),
+        (counts[PASS], "passing"),
+        (counts[CANCELLED], "cancelled"),
+        (counts[NEVER_RUN], "never run"),
     ):
         if count:
             parts.append(f"{count} {label}")
@@ -282,7 +297,7 @@ def _counts_line(doc: Mapping[str, Any]) -> str:
     total = sum(counts.values())
     hyp_word = "hypothesis" if n_hyp == 1 else "hypotheses"
     head = f"{n_hyp} {hyp_word}, {total} {'job' if total == 1 else 'jobs'}"
-    labels = {"never_run": "never run"}
+    labels = {NEVER_RUN: "never run"}
     parts = [f"{count} {labels.get(state, state)}" for state, count in counts.items() if count]
     return head + (": " + ", ".join(parts) if parts else "")
 
@@ -297,18 +312,18 @@ def _cell(entry: Mapping[str, Any], now: float, level: int, ascii_only: bool) ->
         return _Cell(mark, _STATE_COLOR.get(state_key))
     parts = [mark, word or str(state)]
     if level <= 1:
-        if state_key == "running":
+        if state_key == RUNNING:
             started = parse_timestamp(entry.get("started_at"))
             if started is not None:
                 parts.append(format_duration(now - started))
-        elif state_key in ("pass", "fail", "timeout", "error", "cancelled"):
+        elif state_key in FINAL_RESULTS:
             duration = entry.get("duration_s")
             if isinstance(duration, int | float) and not isinstance(duration, bool):
                 parts.append(format_duration(float(duration)))
             finished = parse_timestamp(entry.get("finished_at"))
             if level == 0 and finished is not None:
                 parts.append(format_ago(now - finished))
-        if level == 0 and state_key in ("running", "queued"):
+        if level == 0 and state_key in ACTIVE_STATES:
             last = entry.get("last_result")
             if isinstance(last, str) and last:
                 parts.append(f"(last {last})")
@@ -320,7 +335,7 @@ def _header(doc: Mapping[str, Any], now: float, color: bool) -> list[str]:
     state = daemon.get("state")
     pid = daemon.get("pid")
     alive = pid_alive(pid)
-    if state == "stopped":
+    if state == DAEMON_STOPPED:
         line = _paint("daemon: stopped", "yellow", color)
         if alive is not None:
             line += f" (was pid {pid})"

@@ -29,8 +29,9 @@ from ..repo.worktrees import Worktree
 from ..report.status import StatusBoard, iso
 from ..report.statuswriter import StatusWriter
 from ..settings.loader import ScriptSettings, Settings
+from ..states import OUTPUT_TAIL_BYTES
 
-TAIL_BYTES = 2048
+TAIL_BYTES = OUTPUT_TAIL_BYTES
 
 
 @dataclass(frozen=True)
