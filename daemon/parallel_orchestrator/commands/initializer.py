@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import textwrap
@@ -34,6 +33,7 @@ from ..settings.loader import (
     check_config_permissions,
     settings_from_document,
 )
+from ..store.atomic import write_atomic
 from ..store.folders import make_dirs
 
 # The daemon refuses config files that group/others can write; 0o644 minus the umask
@@ -480,58 +480,16 @@ def write_config(output: Path, text: str, force: bool) -> None:
         make_dirs(output.parent, 0o755)
     except OSError as exc:
         raise InitError(f"{output.parent}: cannot create folder: {exc.strerror or exc}") from exc
-    if not force:
-        try:
-            fd = os.open(
-                output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, CONFIG_FILE_MODE
-            )
-        except FileExistsError as exc:
-            raise OutputExists(f"{output}: already exists; use --force to overwrite it") from exc
-        except OSError as exc:
-            raise InitError(f"{output}: cannot create: {exc.strerror or exc}") from exc
-        _write_fd(fd, data, output, remove_on_error=output)
-        return
-    if output.is_dir():
+    if force and output.is_dir():
         raise InitError(f"{output}: is a directory")
-    tmp = output.with_name(f".{output.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, CONFIG_FILE_MODE)
+        write_atomic(output, data, mode=CONFIG_FILE_MODE, exact_mode=False, exclusive=not force)
+    except FileExistsError as exc:
+        if force:
+            raise InitError(f"{output}: cannot write: {exc.strerror or exc}") from exc
+        raise OutputExists(f"{output}: already exists; use --force to overwrite it") from exc
     except OSError as exc:
-        raise InitError(
-            f"{output}: cannot write in {output.parent}: {exc.strerror or exc}"
-        ) from exc
-    _write_fd(fd, data, output, remove_on_error=tmp)
-    try:
-        os.replace(tmp, output)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InitError(f"{output}: cannot replace: {exc.strerror or exc}") from exc
-    _fsync_dir(output.parent)
-
-
-def _write_fd(fd: int, data: bytes, output: Path, *, remove_on_error: Path) -> None:
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        remove_on_error.unlink(missing_ok=True)
         raise InitError(f"{output}: cannot write: {exc.strerror or exc}") from exc
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; some filesystems cannot fsync a folder, which is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return  # the rename itself succeeded; only its durability is not confirmed
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # e.g. EINVAL on filesystems without directory fsync; the data is written
-    finally:
-        os.close(fd)
 
 
 def printable(text: str) -> str:

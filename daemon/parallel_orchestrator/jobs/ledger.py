@@ -6,8 +6,9 @@ is not an identity — it may have been reused by an unrelated process — so a 
 signalled only if its start time (and boot id) still match the record. Descendants are
 found by their ``PO_JOB_ID`` marker and must have started no earlier than the leader.
 
-Records are written atomically (temp file + rename) but not fsynced: the record must
-survive a crash of the daemon, which the page cache does; a power loss ends the jobs too.
+Records are written atomically (``store.atomic``: temp file + rename) but not fsynced: the
+record must survive a crash of the daemon, which the page cache does; a power loss ends
+the jobs too, and a disk flush per job start would stall the event loop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..store.atomic import write_atomic
 from ..store.folders import make_dirs
 from . import janitor
 
@@ -107,15 +109,8 @@ class Ledger:
     def add(self, record: JobRecord) -> Path:
         _private_dir(self.jobs_dir)
         path = self.path_for(record.job_id)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(asdict(record), f)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        data = json.dumps(asdict(record)).encode("utf-8")
+        write_atomic(path, data, mode=0o600, durable=False)
         return path
 
     def remove(self, job_id: str) -> None:

@@ -6,11 +6,9 @@ replaced whole: a temp file in the same folder, fsync, rename. The schema is a c
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -26,6 +24,7 @@ from ..states import (
     QUEUED,
     RUNNING,
 )
+from ..store.atomic import write_atomic
 from .safetext import finite
 
 SCHEMA_VERSION = 1
@@ -52,23 +51,6 @@ def empty_cell() -> dict[str, Any]:
         "log_path": None,
         "output_tail": None,
     }
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that no reader ever sees a partial document."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class StatusBoard:
@@ -172,8 +154,9 @@ class StatusBoard:
         return text.encode("utf-8", "backslashreplace")
 
     def write(self, path: Path) -> None:
-        """0600: the document carries test output, like the run logs."""
-        write_atomic(path, self.render(), mode=0o600)
+        """0600: the document carries test output, like the run logs (and a missing
+        folder is created 0700, like the state dir)."""
+        write_atomic(path, self.render(), mode=0o600, dir_mode=0o700)
 
 
 _CELL_STATES = frozenset(CELL_STATES)
