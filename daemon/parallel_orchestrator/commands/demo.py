@@ -26,6 +26,7 @@ import tomli_w
 
 from ..errors import OrchestratorError
 from ..jobs import janitor
+from ..repo.git import GitError, run_git
 from ..report import statusview
 
 DEADLINE_S = 60.0
@@ -48,17 +49,21 @@ class DemoError(OrchestratorError):
     """The demo could not show what it promises; one line."""
 
 
+_DEMO_IDENTITY = {
+    "GIT_AUTHOR_NAME": "demo",
+    "GIT_AUTHOR_EMAIL": "demo@example.invalid",
+    "GIT_COMMITTER_NAME": "demo",
+    "GIT_COMMITTER_EMAIL": "demo@example.invalid",
+}
+
+
 def _git(cwd: Path, *args: str) -> None:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "demo",
-        "GIT_AUTHOR_EMAIL": "demo@example.invalid",
-        "GIT_COMMITTER_NAME": "demo",
-        "GIT_COMMITTER_EMAIL": "demo@example.invalid",
-    }
-    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise DemoError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+    try:
+        done = run_git(cwd, *args, extra_env=_DEMO_IDENTITY)
+    except GitError as exc:
+        raise DemoError(f"git {' '.join(args)} failed: {exc}") from exc
+    if not done.ok:
+        raise DemoError(f"git {' '.join(args)} failed: {os.fsdecode(done.stderr).strip()}")
 
 
 def _save_like_an_editor(path: Path, text: str) -> None:

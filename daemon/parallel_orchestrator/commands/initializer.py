@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import textwrap
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 import tomli_w
 
 from ..errors import OrchestratorError
+from ..repo.git import GitError, GitResult, run_git, z_records
 from ..settings.loader import (
     DEFAULT_COMMAND,
     DEFAULT_WATCH,
@@ -77,17 +77,13 @@ class InitResult:
 # --------------------------------------------------------------------------- git
 
 
-def _git(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _git(args: Sequence[str], cwd: Path) -> GitResult:
     try:
-        return subprocess.run(
-            ["git", "-C", os.fspath(cwd), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
-        )
-    except FileNotFoundError as exc:
-        raise InitError("git not found on PATH; init needs it to find the repository") from exc
+        return run_git(cwd, *args)
+    except GitError as exc:
+        if exc.reason == "not_found":
+            raise InitError("git not found on PATH; init needs it to find the repository") from exc
+        raise InitError(str(exc)) from exc
 
 
 def find_repo_root(start: Path) -> Path:
@@ -100,9 +96,9 @@ def find_repo_root(start: Path) -> Path:
     if not start.is_dir():
         raise InitError(f"{start}: no such directory")
     top = _git(["rev-parse", "--show-toplevel"], start)
-    if top.returncode != 0:
+    if not top.ok:
         raise InitError(f"{start}: not a git repository")
-    toplevel = Path(top.stdout.strip())
+    toplevel = Path(os.fsdecode(top.stdout.rstrip(b"\n")))
     entries = _worktree_entries(toplevel)
     if entries and not entries[0][1] and entries[0][0].is_dir():
         return entries[0][0]
@@ -111,15 +107,15 @@ def find_repo_root(start: Path) -> Path:
 
 def _worktree_entries(repo: Path) -> list[tuple[Path, bool]]:
     """(path, is_bare) per `git worktree list` entry, main (or the bare repo) first."""
-    listing = _git(["worktree", "list", "--porcelain"], repo)
-    if listing.returncode != 0:
-        detail = listing.stderr.strip().splitlines()
-        raise InitError(f"{repo}: git worktree list failed" + (f": {detail[-1]}" if detail else ""))
+    listing = _git(["worktree", "list", "--porcelain", "-z"], repo)
+    if not listing.ok:
+        detail = listing.last_line()
+        raise InitError(f"{repo}: git worktree list failed" + (f": {detail}" if detail else ""))
     entries = []
-    for block in listing.stdout.split("\n\n"):
-        lines = block.splitlines()
-        if lines and lines[0].startswith("worktree "):
-            entries.append((Path(lines[0][len("worktree ") :]), "bare" in lines[1:]))
+    for lines in z_records(listing.stdout):
+        if lines[0].startswith(b"worktree "):
+            path = Path(os.fsdecode(lines[0][len(b"worktree ") :]))
+            entries.append((path, b"bare" in lines[1:]))
     return entries
 
 

@@ -4,17 +4,20 @@ Each filter answers one question about a worktree-relative path. ``.git`` intern
 count; the ``ignore`` globs of the config never count; with ``respect_gitignore`` the paths
 git itself ignores never count, decided by ``git check-ignore`` so the semantics are git's
 own (negations, nested .gitignore files, info/exclude, core.excludesFile) and cached.
+git runs through ``repo.git`` like every other git call: a scrubbed environment (a
+``GIT_DIR`` inherited from a hook must not make it answer for another repository), a
+timeout, and no git left running when the caller is cancelled.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from .git import GitError, run_git_async, split_z
 from .pathglob import compile_glob
 
 
@@ -81,27 +84,23 @@ class GitIgnoreOracle:
 
     async def _check(self, relpaths: list[str]) -> set[str]:
         payload = b"".join(os.fsencode(p) + b"\0" for p in relpaths)
-        proc = await asyncio.create_subprocess_exec(
-            "git",
-            "-C",
-            os.fsdecode(self.worktree),
-            "check-ignore",
-            "--stdin",
-            "-z",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
-        )
-        out, err = await proc.communicate(payload)
-        if proc.returncode not in (0, 1):
-            detail = err.decode("utf-8", "replace").strip().splitlines()
-            raise GitCheckIgnoreError(
-                f"git check-ignore in {self.worktree} failed (exit {proc.returncode})"
-                + (f": {detail[-1]}" if detail else "")
+        try:
+            done = await run_git_async(
+                self.worktree, "check-ignore", "--stdin", "-z", input=payload
             )
-        return {os.fsdecode(p) for p in out.split(b"\0") if p}
+        except GitError as exc:
+            raise GitCheckIgnoreError(f"git check-ignore in {self.worktree} failed: {exc}") from exc
+        if done.returncode not in (0, 1):  # 1: none of them is ignored
+            detail = done.last_line()
+            raise GitCheckIgnoreError(
+                f"git check-ignore in {self.worktree} failed (exit {done.returncode})"
+                + (f": {detail}" if detail else "")
+            )
+        return {os.fsdecode(p) for p in split_z(done.stdout) if p}
 
 
-class GitCheckIgnoreError(RuntimeError):
-    pass
+class GitCheckIgnoreError(GitError):
+    """``git check-ignore`` failed; the caller logs it and counts the paths as not ignored."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "failed")

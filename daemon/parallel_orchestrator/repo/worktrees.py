@@ -8,31 +8,15 @@ treat half-removed worktrees (folder gone, git not yet pruned) as removed.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ..errors import OrchestratorError
 from ..settings.loader import WorktreeSettings
-
-GIT_TIMEOUT_S = 30.0
-
-# Variables that would make git look at some other repository than the one we name.
-_GIT_LOCATION_VARS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_COMMON_DIR",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
-)
+from .git import GIT_TIMEOUT_S, GitError, GitResult, run_git, run_git_async, z_records
 
 
 class WorktreeError(OrchestratorError):
@@ -55,21 +39,6 @@ class _GitEntry:
     branch: str
     bare: bool
     prunable: bool
-
-
-def git_command(repo: Path, *args: str) -> list[str]:
-    """``git -C repo ...``: never depends on the daemon's own working directory."""
-    return ["git", "-C", os.fspath(repo), *args]
-
-
-def git_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for our git calls: no repo-redirecting variables, no lock taking."""
-    env = dict(os.environ if base is None else base)
-    for name in _GIT_LOCATION_VARS:
-        env.pop(name, None)
-    env["GIT_OPTIONAL_LOCKS"] = "0"  # never contend with the user's own git commands
-    env["LC_ALL"] = "C"  # stable messages in logs; porcelain output is locale-free anyway
-    return env
 
 
 # --------------------------------------------------------------------------- discovery
@@ -101,51 +70,25 @@ _LIST_ARGS = ("worktree", "list", "--porcelain", "-z")
 def _run_git_sync(repo: Path) -> bytes:
     _require_dir(repo)
     try:
-        done = subprocess.run(
-            git_command(repo, *_LIST_ARGS),
-            capture_output=True,
-            env=git_env(),
-            stdin=subprocess.DEVNULL,
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise WorktreeError("git: not found on PATH; it is needed to list worktrees") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise _git_timeout(repo) from exc
-    return _check_git(repo, done.returncode, done.stdout, done.stderr)
+        done = run_git(repo, *_LIST_ARGS)
+    except GitError as exc:
+        raise _list_failed(repo, exc) from exc
+    return _check_git(repo, done)
 
 
 async def _run_git_async(repo: Path) -> bytes:
     _require_dir(repo)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *git_command(repo, *_LIST_ARGS),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=git_env(),
-        )
-    except FileNotFoundError as exc:
-        raise WorktreeError("git: not found on PATH; it is needed to list worktrees") from exc
-    try:
-        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
-        async with asyncio.timeout(GIT_TIMEOUT_S):
-            stdout, stderr = await proc.communicate()
-    except TimeoutError as exc:
-        raise _git_timeout(repo) from exc
-    finally:
-        # Also on cancellation: never leave a git child behind.
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.shield(proc.wait())
-    assert proc.returncode is not None
-    return _check_git(repo, proc.returncode, stdout, stderr)
+        done = await run_git_async(repo, *_LIST_ARGS)  # kills and reaps git if cancelled
+    except GitError as exc:
+        raise _list_failed(repo, exc) from exc
+    return _check_git(repo, done)
 
 
-def _git_timeout(repo: Path) -> WorktreeError:
-    return WorktreeError(f"{_show(repo)}: git worktree list took over {GIT_TIMEOUT_S:g} s")
+def _list_failed(repo: Path, exc: GitError) -> WorktreeError:
+    if exc.reason == "timeout":
+        return WorktreeError(f"{_show(repo)}: git worktree list took over {GIT_TIMEOUT_S:g} s")
+    return WorktreeError("git: not found on PATH; it is needed to list worktrees")
 
 
 def _require_dir(repo: Path) -> None:
@@ -153,30 +96,15 @@ def _require_dir(repo: Path) -> None:
         raise WorktreeError(f"{_show(repo)}: not a git repository (no such directory)")
 
 
-def _check_git(repo: Path, returncode: int, stdout: bytes, stderr: bytes) -> bytes:
-    if returncode != 0:
-        said = " ".join(os.fsdecode(stderr).split()) or f"exit status {returncode}"
-        raise WorktreeError(f"{_show(repo)}: not a git repository (git said: {said})")
-    return stdout
+def _check_git(repo: Path, done: GitResult) -> bytes:
+    if not done.ok:
+        raise WorktreeError(f"{_show(repo)}: not a git repository (git said: {done.said()})")
+    return done.stdout
 
 
 def _parse_porcelain(data: bytes) -> list[_GitEntry]:
-    """Parse ``git worktree list --porcelain -z``: NUL-terminated lines, records end in NUL.
-
-    Bytes all the way: paths may hold spaces, newlines or non-UTF-8 bytes.
-    """
-    entries = []
-    record: list[bytes] = []
-    for line in data.split(b"\0"):
-        if line:
-            record.append(line)
-            continue
-        if record:
-            entries.append(_entry(record))
-            record = []
-    if record:
-        entries.append(_entry(record))
-    return entries
+    """Parse ``git worktree list --porcelain -z`` (bytes: paths may hold anything)."""
+    return [_entry(record) for record in z_records(data)]
 
 
 def _entry(lines: list[bytes]) -> _GitEntry:
@@ -311,22 +239,12 @@ def _read_gitfile(dot_git: Path) -> Path | None:
 
 def _git_dirs_from_git(root: Path) -> tuple[Path, Path]:
     try:
-        done = subprocess.run(
-            git_command(
-                root, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir"
-            ),
-            capture_output=True,
-            env=git_env(),
-            stdin=subprocess.DEVNULL,
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        done = run_git(root, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir")
+    except GitError as exc:
         raise WorktreeError(f"{_show(root)}: cannot ask git for its git dir: {exc}") from exc
     lines = done.stdout.split(b"\n")
-    if done.returncode != 0 or len(lines) < 2:
-        said = " ".join(os.fsdecode(done.stderr).split()) or f"exit status {done.returncode}"
-        raise WorktreeError(f"{_show(root)}: not a git repository (git said: {said})")
+    if not done.ok or len(lines) < 2:
+        raise WorktreeError(f"{_show(root)}: not a git repository (git said: {done.said()})")
     return Path(os.fsdecode(lines[0])), Path(os.fsdecode(lines[1]))
 
 
