@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from parallel_orchestrator.settings.defaults import default_document
 from parallel_orchestrator.settings.loader import (
     ConfigError,
     DaemonSettings,
@@ -580,3 +581,19 @@ def test_example_file_loads_and_spells_out_every_default(tmp_path: Path) -> None
     assert set(document["daemon"]) == {f.name for f in fields(DaemonSettings)}
     assert set(document["worktrees"]) == {f.name for f in fields(WorktreeSettings)}
     assert set(document["scripts"][0]) == {f.name for f in fields(ScriptSettings)}
+
+
+def test_example_file_is_the_one_table_of_defaults() -> None:
+    """config.example.toml spells out settings/defaults.py exactly: values, not only keys."""
+    document = tomllib.loads((REPO_ROOT / "config.example.toml").read_text(encoding="utf-8"))
+    assert document == default_document()
+
+
+def test_a_file_without_keys_means_every_default(tmp_path: Path) -> None:
+    """The loader's fallback for a missing key and the dataclass defaults agree."""
+    empty = load(tmp_path, "")
+    assert empty.daemon == default_settings(tmp_path, ENV).daemon
+    assert empty.worktrees == WorktreeSettings(repo=tmp_path)
+    assert empty.scripts == default_settings(tmp_path, ENV).scripts
+    script = load(tmp_path, MINIMAL_SCRIPT).scripts[0]
+    assert script == ScriptSettings(name="t", command=("true",))

@@ -27,6 +27,7 @@ from ..errors import OrchestratorError
 from ..repo.git import GitError, GitResult, run_git, z_records
 from ..settings.loader import (
     DEFAULT_COMMAND,
+    DEFAULT_SCRIPT_NAME,
     DEFAULT_WATCH,
     LOCAL_CONFIG_NAME,
     ConfigError,
@@ -345,7 +346,9 @@ def _propose(
     if not detected:
         command = [_python(), *DEFAULT_COMMAND[1:]]
         detected.append(
-            _Detected({"name": "tests", "command": command, "watch": list(DEFAULT_WATCH)})
+            _Detected(
+                {"name": DEFAULT_SCRIPT_NAME, "command": command, "watch": list(DEFAULT_WATCH)}
+            )
         )
         notes.append(
             "nothing recognised (pytest, package.json, Cargo.toml, go.mod, Makefile "

@@ -25,6 +25,7 @@ from typing import Any, Literal, cast
 
 from ..errors import OrchestratorError
 from ..repo.pathglob import glob_problem
+from .defaults import DAEMON_DEFAULTS, NOTIFY_DEFAULTS, SCRIPT_DEFAULTS, WORKTREE_DEFAULTS
 
 OnBusy = Literal["restart", "queue", "ignore"]
 
@@ -34,9 +35,12 @@ APP_DIR_NAME = "parallel-orchestrator"
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 ON_BUSY_CHOICES: tuple[str, ...] = ("restart", "queue", "ignore")
-DEFAULT_COMMAND: tuple[str, ...] = ("python", "-m", "pytest", "-q")
-DEFAULT_WATCH: tuple[str, ...] = ("**/*.py",)
-DEFAULT_PORT_RANGE: tuple[int, int] = (20000, 40000)
+DEFAULT_COMMAND: tuple[str, ...] = tuple(SCRIPT_DEFAULTS["command"])
+DEFAULT_WATCH: tuple[str, ...] = tuple(SCRIPT_DEFAULTS["watch"])
+DEFAULT_SCRIPT_NAME: str = SCRIPT_DEFAULTS["name"]
+DEFAULT_PORT_RANGE: tuple[int, int] = DAEMON_DEFAULTS["port_range"]
+# Short names for the one table of defaults (settings/defaults.py).
+_D, _W, _S, _N = DAEMON_DEFAULTS, WORKTREE_DEFAULTS, SCRIPT_DEFAULTS, NOTIFY_DEFAULTS
 PORT_BLOCK_SIZE = 100  # PO_PORT_BASE .. PO_PORT_BASE + 99 belong to one hypothesis
 
 # Script names become directory names (run logs), so they must be safe path components.
@@ -69,13 +73,13 @@ class DaemonSettings:
     state_dir: Path  # resolved: explicit > $STATE_DIRECTORY > per repository under XDG state
     status_file: Path  # resolved: explicit > <state_dir>/status.json
     log_file: Path | None  # None -> JSON lines on stdout
-    log_level: str = "info"
-    debounce_ms: int = 200
-    max_batch_wait_ms: int = 2000
-    max_concurrency: int = 0  # as written; use ``concurrency`` for the effective value
-    on_busy: OnBusy = "restart"
-    run_on_start: bool = True
-    keep_runs: int = 20
+    log_level: str = _D["log_level"]
+    debounce_ms: int = _D["debounce_ms"]
+    max_batch_wait_ms: int = _D["max_batch_wait_ms"]
+    max_concurrency: int = _D["max_concurrency"]  # as written; ``concurrency`` is effective
+    on_busy: OnBusy = _D["on_busy"]
+    run_on_start: bool = _D["run_on_start"]
+    keep_runs: int = _D["keep_runs"]
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE  # [low, high): PO_PORT_BASE blocks
 
     @property
@@ -86,31 +90,31 @@ class DaemonSettings:
 @dataclass(frozen=True)
 class WorktreeSettings:
     repo: Path | None  # resolved absolute; None when repo = "" (only ``paths``)
-    paths: tuple[Path, ...] = ()
-    include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ()
-    ignore: tuple[str, ...] = ()
-    respect_gitignore: bool = True
+    paths: tuple[Path, ...] = ()  # resolved: the default (none) needs no resolving
+    include: tuple[str, ...] = _W["include"]
+    exclude: tuple[str, ...] = _W["exclude"]
+    ignore: tuple[str, ...] = _W["ignore"]
+    respect_gitignore: bool = _W["respect_gitignore"]
 
 
 @dataclass(frozen=True)
 class ScriptSettings:
     name: str
     command: tuple[str, ...]  # already shlex-split when given as a string
-    watch: tuple[str, ...] = ("**/*.py",)
-    timeout_s: float = 300.0
-    kill_grace_s: float = 5.0
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str = ""
-    exclusive: bool = False  # its jobs never overlap in time, across hypotheses
+    watch: tuple[str, ...] = DEFAULT_WATCH
+    timeout_s: float = float(_S["timeout_s"])
+    kill_grace_s: float = float(_S["kill_grace_s"])
+    env: dict[str, str] = field(default_factory=lambda: dict(_S["env"]))
+    cwd: str = _S["cwd"]
+    exclusive: bool = _S["exclusive"]  # its jobs never overlap in time, across hypotheses
 
 
 @dataclass(frozen=True)
 class NotifySettings:
     """``[notify]``: what runs when a cell's result changes (see report/hooks.py)."""
 
-    command: tuple[str, ...] = ()  # () -> no hook; exec'd without a shell, JSON on stdin
-    desktop: bool = False  # also notify-send, where it is installed
+    command: tuple[str, ...] = _N["command"]  # () -> no hook; exec'd, no shell, JSON on stdin
+    desktop: bool = _N["desktop"]  # also notify-send, where it is installed
 
 
 @dataclass(frozen=True)
@@ -300,9 +304,14 @@ def default_settings(cwd: Path | None = None, env: Mapping[str, str] | None = No
         ),
         # git itself finds the repository around cwd, so cwd is a valid ``repo``.
         worktrees=WorktreeSettings(repo=cwd),
-        scripts=(ScriptSettings(name="tests", command=DEFAULT_COMMAND, watch=DEFAULT_WATCH),),
+        scripts=(_default_script(),),
         config_path=None,
     )
+
+
+def _default_script() -> ScriptSettings:
+    """The embedded default's one script; its other keys keep their field defaults."""
+    return ScriptSettings(name=DEFAULT_SCRIPT_NAME, command=DEFAULT_COMMAND)
 
 
 def load_settings(
@@ -587,9 +596,9 @@ def _executor(table: Mapping[str, Any], errs: _Errors) -> ExecutorSettings | Non
 def _notify(table: Mapping[str, Any], errs: _Errors) -> NotifySettings | None:
     _reject_unknown(table, "notify", _NOTIFY_KEYS, errs)
     command: tuple[str, ...] | None = ()
-    if table.get("command", []) != []:
+    if table.get("command", []) != list(_N["command"]):
         command = _command(table, "notify.", errs)
-    desktop = _boolean(table, "desktop", "notify.", False, errs)
+    desktop = _boolean(table, "desktop", "notify.", _N["desktop"], errs)
     if command is None or desktop is None:
         return None
     return NotifySettings(command=command, desktop=desktop)
@@ -597,7 +606,7 @@ def _notify(table: Mapping[str, Any], errs: _Errors) -> NotifySettings | None:
 
 def _port_range(table: Mapping[str, Any], k: str, errs: _Errors) -> tuple[int, int] | None:
     """``[low, high]``: ports ``low`` .. ``high - 1``, room for at least one block of 100."""
-    raw = table.get("port_range", list(DEFAULT_PORT_RANGE))
+    raw = table.get("port_range", list(_D["port_range"]))
     wanted = (
         f"[low, high] with 1024 <= low and low + {PORT_BLOCK_SIZE} <= high <= 65536 "
         f"(blocks of {PORT_BLOCK_SIZE} ports)"
@@ -617,7 +626,7 @@ def _repo_hint(document: Mapping[str, Any], base: Path, env: Mapping[str, str]) 
     """The watched repository as far as the default state dir needs it (errors in
     ``worktrees.repo`` are reported by ``_worktrees``); the config's folder without one."""
     table = document.get("worktrees")
-    raw = table.get("repo", ".") if isinstance(table, dict) else "."
+    raw = table.get("repo", _W["repo"]) if isinstance(table, dict) else _W["repo"]
     if not isinstance(raw, str) or not raw or "\0" in raw:
         return base
     return _absolute(_expand_user(raw, env), base)
@@ -632,21 +641,21 @@ def _daemon(
 ) -> DaemonSettings | None:
     _reject_unknown(table, "daemon", _DAEMON_KEYS, errs)
     k = "daemon."
-    state_raw = _path_string(table, "state_dir", k, errs)
-    status_raw = _path_string(table, "status_file", k, errs)
-    log_raw = _path_string(table, "log_file", k, errs)
-    log_level = _choice(table, "log_level", k, LOG_LEVELS, "info", errs)
-    debounce = _integer(table, "debounce_ms", k, 200, 1, errs)
-    max_wait = _integer(table, "max_batch_wait_ms", k, 2000, 1, errs)
+    state_raw = _path_string(table, "state_dir", k, errs, _D["state_dir"])
+    status_raw = _path_string(table, "status_file", k, errs, _D["status_file"])
+    log_raw = _path_string(table, "log_file", k, errs, _D["log_file"])
+    log_level = _choice(table, "log_level", k, LOG_LEVELS, _D["log_level"], errs)
+    debounce = _integer(table, "debounce_ms", k, _D["debounce_ms"], 1, errs)
+    max_wait = _integer(table, "max_batch_wait_ms", k, _D["max_batch_wait_ms"], 1, errs)
     if debounce is not None and max_wait is not None and max_wait < debounce:
         errs.add(
             k + "max_batch_wait_ms",
             f"expected an integer >= daemon.debounce_ms ({debounce}), got {max_wait}",
         )
-    max_concurrency = _integer(table, "max_concurrency", k, 0, 0, errs)
-    on_busy = _choice(table, "on_busy", k, ON_BUSY_CHOICES, "restart", errs)
-    run_on_start = _boolean(table, "run_on_start", k, True, errs)
-    keep_runs = _integer(table, "keep_runs", k, 20, 1, errs)
+    max_concurrency = _integer(table, "max_concurrency", k, _D["max_concurrency"], 0, errs)
+    on_busy = _choice(table, "on_busy", k, ON_BUSY_CHOICES, _D["on_busy"], errs)
+    run_on_start = _boolean(table, "run_on_start", k, _D["run_on_start"], errs)
+    keep_runs = _integer(table, "keep_runs", k, _D["keep_runs"], 1, errs)
     port_range = _port_range(table, k, errs)
     values = (state_raw, status_raw, log_raw, log_level, debounce, max_wait, port_range)
     if None in (*values, max_concurrency, on_busy, run_on_start, keep_runs):
@@ -672,12 +681,12 @@ def _worktrees(
 ) -> WorktreeSettings | None:
     _reject_unknown(table, "worktrees", _WORKTREE_KEYS, errs)
     k = "worktrees."
-    repo_raw = _path_string(table, "repo", k, errs, default=".")
-    paths_raw = _string_list(table, "paths", k, (), errs, paths=True)
-    include = _string_list(table, "include", k, ("*",), errs)
-    exclude = _string_list(table, "exclude", k, (), errs)
-    ignore = _glob_list(table, "ignore", k, (), errs)
-    respect = _boolean(table, "respect_gitignore", k, True, errs)
+    repo_raw = _path_string(table, "repo", k, errs, _W["repo"])
+    paths_raw = _string_list(table, "paths", k, _W["paths"], errs, paths=True)
+    include = _string_list(table, "include", k, _W["include"], errs)
+    exclude = _string_list(table, "exclude", k, _W["exclude"], errs)
+    ignore = _glob_list(table, "ignore", k, _W["ignore"], errs)
+    respect = _boolean(table, "respect_gitignore", k, _W["respect_gitignore"], errs)
     if repo_raw == "" and paths_raw == ():
         errs.add("worktrees", 'nothing to watch: repo is "" and paths is empty')
     if None in (repo_raw, paths_raw, include, exclude, ignore, respect):
@@ -697,7 +706,7 @@ def _scripts(raw: Any, errs: _Errors) -> tuple[ScriptSettings, ...]:
     if raw is _MISSING:
         # Like every other key, a missing [[scripts]] means its default: the embedded
         # default's one `tests` script. An explicit empty list is a mistake, below.
-        return (ScriptSettings(name="tests", command=DEFAULT_COMMAND, watch=DEFAULT_WATCH),)
+        return (_default_script(),)
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         errs.add("scripts", f"expected an array of tables ([[scripts]]), got {_show(raw)}")
         return ()
@@ -728,11 +737,11 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
     name = _script_name(table, k, errs)
     command = _command(table, k, errs)
     watch = _glob_list(table, "watch", k, DEFAULT_WATCH, errs)
-    timeout_s = _number(table, "timeout_s", k, 300.0, errs, allow_zero=False)
-    kill_grace_s = _number(table, "kill_grace_s", k, 5.0, errs, allow_zero=True)
+    timeout_s = _number(table, "timeout_s", k, _S["timeout_s"], errs, allow_zero=False)
+    kill_grace_s = _number(table, "kill_grace_s", k, _S["kill_grace_s"], errs, allow_zero=True)
     env = _env_table(table, k, errs)
     cwd = _script_cwd(table, k, errs)
-    exclusive = _boolean(table, "exclusive", k, False, errs)
+    exclusive = _boolean(table, "exclusive", k, _S["exclusive"], errs)
     if None in (name, command, watch, timeout_s, kill_grace_s, env, cwd, exclusive):
         return None
     return ScriptSettings(
@@ -789,7 +798,7 @@ def _command(table: Mapping[str, Any], k: str, errs: _Errors) -> tuple[str, ...]
 def _env_table(table: Mapping[str, Any], k: str, errs: _Errors) -> dict[str, str] | None:
     raw = table.get("env", _MISSING)
     if raw is _MISSING:
-        return {}
+        return dict(_S["env"])
     if not isinstance(raw, dict):
         errs.add(k + "env", f"expected a table of strings, got {_show(raw)}")
         return None
@@ -814,7 +823,7 @@ def _env_table(table: Mapping[str, Any], k: str, errs: _Errors) -> dict[str, str
 def _script_cwd(table: Mapping[str, Any], k: str, errs: _Errors) -> str | None:
     raw = table.get("cwd", _MISSING)
     if raw is _MISSING:
-        return ""
+        return _S["cwd"]
     key = k + "cwd"
     if not isinstance(raw, str) or "\0" in raw:
         errs.add(key, f"expected a path relative to the worktree root, got {_show(raw)}")
@@ -859,7 +868,7 @@ def _reject_unknown(
 
 
 def _path_string(
-    table: Mapping[str, Any], key: str, k: str, errs: _Errors, default: str = ""
+    table: Mapping[str, Any], key: str, k: str, errs: _Errors, default: str
 ) -> str | None:
     raw = table.get(key, default)
     if not isinstance(raw, str) or "\0" in raw:
