@@ -151,3 +151,22 @@ def test_z_records_groups_porcelain_lines() -> None:
         [b"worktree /a\nb", b"HEAD 1", b"branch refs/heads/x"],
         [b"worktree /c", b"bare"],
     ]
+
+
+def test_every_package_error_derives_from_the_one_root() -> None:
+    """Seven roots became one: the CLI catches OrchestratorError once."""
+    from parallel_orchestrator.commands.demo import DemoError
+    from parallel_orchestrator.commands.initializer import InitError
+    from parallel_orchestrator.repo.pathglob import GlobError
+    from parallel_orchestrator.repo.worktrees import WorktreeError
+    from parallel_orchestrator.report.statusview import StatusFileError
+    from parallel_orchestrator.service.daemon import DaemonError
+    from parallel_orchestrator.settings.loader import ConfigError
+
+    for error in (ConfigError, DaemonError, DemoError, GitError, GlobError, InitError):
+        assert issubclass(error, OrchestratorError), error
+    assert issubclass(StatusFileError, OrchestratorError)
+    assert issubclass(WorktreeError, OrchestratorError)
+    assert issubclass(GlobError, ValueError)  # still what its callers catch
+    assert ConfigError(["a: x", "b: y"]).lines == ["a: x", "b: y"]
+    assert WorktreeError("one line").lines == ["one line"]

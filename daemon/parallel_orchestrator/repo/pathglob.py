@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from ..errors import OrchestratorError
+
 
 def _translate(pattern: str) -> str:
     out: list[str] = []
@@ -51,7 +53,7 @@ def _translate(pattern: str) -> str:
     return "".join(out)
 
 
-class GlobError(ValueError):
+class GlobError(OrchestratorError, ValueError):
     """A glob that cannot be compiled (e.g. the reversed range ``[z-a]``); one line."""
 
 
