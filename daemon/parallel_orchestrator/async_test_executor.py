@@ -34,6 +34,7 @@ from .config import (
     TestResult,
 )
 from .jobs.runner import JobOutcome, JobSpec, run_job
+from .states import ERROR, FAIL, PASS, TIMEOUT
 
 T = TypeVar("T")
 
@@ -76,10 +77,10 @@ class _Place:
 
 
 _RESULTS: dict[str, TestResult] = {
-    "pass": TestResult.PASS,
-    "fail": TestResult.FAIL,
-    "timeout": TestResult.TIMEOUT,
-    "error": TestResult.ERROR,
+    PASS: TestResult.PASS,
+    FAIL: TestResult.FAIL,
+    TIMEOUT: TestResult.TIMEOUT,
+    ERROR: TestResult.ERROR,
 }
 
 
@@ -202,7 +203,7 @@ class AsyncTestExecutor:
         if spec.log_path is not None and not os.path.isfile(script):
             return self._error(hypothesis, place.text, f"test script not found: {script}")
         outcome = await run_job(spec)
-        if outcome.pid is None and outcome.result == "error" and not os.path.isfile(script):
+        if outcome.pid is None and outcome.result == ERROR and not os.path.isfile(script):
             # Never ran, and no script there (or a missing worktree): as the original said.
             return self._error(hypothesis, place.text, f"test script not found: {script}")
         return self._from_outcome(hypothesis, place.text, outcome, spec)
