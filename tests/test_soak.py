@@ -57,6 +57,19 @@ sys.exit(0 if r.random() < 0.8 else 1)
 """
 
 
+def settled_fds(pid: int) -> list[str] | None:
+    """The fd targets of ``pid`` when no short-lived fd is open, else None.
+
+    Right after a job's last event the daemon still lists and prunes run logs and writes
+    the status file (a temp file, then an fsync of its folder): those fds live a few
+    milliseconds. A sample that catches one is not the daemon's steady state.
+    """
+    targets = fd_targets(pid)
+    if any(t.endswith(".tmp") or os.path.isdir(t) for t in targets):
+        return None
+    return targets
+
+
 def sample(pid: int) -> dict[str, int]:
     return {
         "fds": fd_count(pid),
@@ -98,8 +111,8 @@ def test_soak_returns_to_baseline(tmp_path: Path, record_property) -> None:
         )
         wait_idle(d, timeout=120)
         pid = d.proc.pid
-        baseline = sample(pid)
-        baseline_fds = fd_targets(pid)
+        baseline_fds = wait_until(lambda: settled_fds(pid), timeout=30, what="settled fds")
+        baseline = {**sample(pid), "fds": len(baseline_fds)}
 
         edits = 0
         peak_rss = baseline["rss_kb"]
@@ -130,7 +143,8 @@ def test_soak_returns_to_baseline(tmp_path: Path, record_property) -> None:
             timeout=30,
             what="fds and children back to baseline",
         )
-        end_sample = sample(pid)
+        end_fds = wait_until(lambda: settled_fds(pid), timeout=30, what="settled fds")
+        end_sample = {**sample(pid), "fds": len(end_fds)}
         finished = d.events("job_finished")
         results: dict[str, int] = {}
         for e in finished:
