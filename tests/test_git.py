@@ -157,8 +157,10 @@ def test_every_package_error_derives_from_the_one_root() -> None:
     """Seven roots became one: the CLI catches OrchestratorError once."""
     from parallel_orchestrator.commands.demo import DemoError
     from parallel_orchestrator.commands.initializer import InitError
+    from parallel_orchestrator.jobs.tmpdirs import TempDirError
     from parallel_orchestrator.repo.pathglob import GlobError
     from parallel_orchestrator.repo.worktrees import WorktreeError
+    from parallel_orchestrator.report.statelocate import ForeignStatusFile
     from parallel_orchestrator.report.statusview import StatusFileError
     from parallel_orchestrator.service.daemon import DaemonError
     from parallel_orchestrator.settings.loader import ConfigError
@@ -167,6 +169,8 @@ def test_every_package_error_derives_from_the_one_root() -> None:
         assert issubclass(error, OrchestratorError), error
     assert issubclass(StatusFileError, OrchestratorError)
     assert issubclass(WorktreeError, OrchestratorError)
+    assert issubclass(ForeignStatusFile, OrchestratorError)
+    assert issubclass(TempDirError, OrchestratorError)
     assert issubclass(GlobError, ValueError)  # still what its callers catch
     assert ConfigError(["a: x", "b: y"]).lines == ["a: x", "b: y"]
     assert WorktreeError("one line").lines == ["one line"]

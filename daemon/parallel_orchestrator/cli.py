@@ -221,20 +221,14 @@ async def _interruptible(work: Coroutine[Any, Any, T]) -> tuple[T | None, int | 
             loop.remove_signal_handler(sig)
 
 
-def _status_path(args: argparse.Namespace) -> Path | int:
+def _status_path(args: argparse.Namespace) -> Path:
     """The status file ``status`` reads: ``--status-file``, else the one of the daemon
-    that the config describes (or the exit code after saying why there is none)."""
-    from .report.statelocate import ForeignStatusFile, status_file_for
-    from .settings.loader import ConfigError
+    that the config describes (a ConfigError or ForeignStatusFile reaches ``main``)."""
+    from .report.statelocate import status_file_for
 
     if args.status_file:
         return Path(args.status_file)
-    try:
-        return status_file_for(_load(args.config), os.environ)
-    except ConfigError as exc:
-        return _fail("\n".join(exc.errors))
-    except ForeignStatusFile as exc:
-        return _fail(str(exc))
+    return status_file_for(_load(args.config), os.environ)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -242,8 +236,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .report.safetext import json_text
 
     path = _status_path(args)
-    if isinstance(path, int):
-        return path
     color = statusview.should_color(sys.stdout, os.environ)
     ascii_only = not statusview.can_encode_marks(getattr(sys.stdout, "encoding", None))
     if args.watch:

@@ -22,11 +22,14 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..errors import OrchestratorError
+from ..store.atomic import write_atomic
+
 ROOT_PREFIX = "parallel-orchestrator-"
 RECORD_NAME = "tmproot"
 
 
-class TempDirError(Exception):
+class TempDirError(OrchestratorError):
     """The root for the jobs' temp folders cannot be made; names the folder."""
 
 
@@ -106,11 +109,7 @@ class JobTempDirs:
         return path
 
     def _write_record(self, root: Path) -> None:
-        tmp = self._record.with_name(self._record.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(os.fsdecode(root) + "\n")
-        os.replace(tmp, self._record)
+        write_atomic(self._record, (os.fsdecode(root) + "\n").encode("utf-8"), mode=0o600)
 
     def create(self, job_id: str) -> Path:
         """A fresh 0700 folder for ``job_id``; raises OSError."""

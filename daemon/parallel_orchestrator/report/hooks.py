@@ -26,18 +26,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..settings.loader import NotifySettings
+from ..states import CANCELLED, ERROR, TIMEOUT
 
 HOOK_TIMEOUT_S = 10.0
 MAX_RUNNING = 4  # hooks at once; more wait their turn
 MAX_WAITING = 200  # past this a burst of changes is not queued further (notify_failed)
 STDERR_TAIL = 1024
 SCRUBBED_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_")
-NEWS_RESULTS = ("timeout", "error")
+NEWS_RESULTS = (TIMEOUT, ERROR)
 
 
 def is_news(previous: str | None, result: str) -> bool:
     """Whether a cell going from ``previous`` to ``result`` is worth a notification."""
-    if result == "cancelled" or result == previous:
+    if result in (CANCELLED, previous):
         return False
     if result in NEWS_RESULTS:
         return True
@@ -52,13 +53,13 @@ class ResultHistory:
 
     def seed(self, hyp: str, script: str, result: str | None) -> None:
         """What a restarted daemon knows from the previous status file."""
-        if result is not None and result != "cancelled":
+        if result is not None and result != CANCELLED:
             self._last.setdefault((hyp, script), result)
 
     def record(self, hyp: str, script: str, result: str) -> tuple[bool, str | None]:
         """Note a finished job; returns (is it news, the previous non-cancelled result)."""
         previous = self._last.get((hyp, script))
-        if result != "cancelled":
+        if result != CANCELLED:
             self._last[(hyp, script)] = result
         return is_news(previous, result), previous
 

@@ -14,10 +14,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..errors import OrchestratorError
 from ..settings.loader import APP_DIR_NAME, Settings, config_home, resolve_state_dir, state_root
 
 
-class ForeignStatusFile(Exception):
+class ForeignStatusFile(OrchestratorError):
     """The status file found belongs to another config's daemon; one line naming both."""
 
 

@@ -31,6 +31,14 @@ from ..report.eventlog import configure_logging, get_logger
 from ..report.status import StatusBoard, load_previous
 from ..report.statuswriter import StatusWriter
 from ..settings.loader import ConfigError, Settings, load_settings
+from ..states import (
+    DAEMON_IDLE,
+    DAEMON_RELOADING,
+    DAEMON_RUNNING,
+    DAEMON_STOPPED,
+    DAEMON_STOPPING,
+    PASS,
+)
 from ..store.folders import make_dirs
 from ..watch.watcher import Watcher, step_for
 from .dispatch import dispatch_batch, run_everything
@@ -221,7 +229,7 @@ class Daemon:
         self.watcher.start()
         if not await self.watcher.wait_armed(30):
             self.log.warning("watcher_slow_to_arm")
-        self.board.set_daemon_state("idle")
+        self.board.set_daemon_state(DAEMON_IDLE)
         self.status.write()
         self.notifier.ready()
         self._spawn(self.notifier.run_watchdog())
@@ -246,7 +254,7 @@ class Daemon:
         )
         self.intake.close()
         self.notifier.stopping()
-        self.board.set_daemon_state("stopping")
+        self.board.set_daemon_state(DAEMON_STOPPING)
         self.status.write()
         # The watcher thread notices a stop only between watch calls (up to ~0.5 s): stop
         # it alongside the jobs, not before them, or that wait eats into the
@@ -267,7 +275,7 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         reap_orphan_zombies()
         self._kill_leftovers("shutdown")
-        self.board.set_daemon_state("stopped")
+        self.board.set_daemon_state(DAEMON_STOPPED)
         self.status.flush()
         self.status.close()
         self.notifier.close()
@@ -291,8 +299,8 @@ class Daemon:
 
     def _refine_daemon_state(self) -> None:
         """Before each status write: idle or running, from the scheduler."""
-        if self.board.doc["daemon"]["state"] in ("idle", "running"):
-            self.board.set_daemon_state("running" if self.scheduler.running else "idle")
+        if self.board.doc["daemon"]["state"] in (DAEMON_IDLE, DAEMON_RUNNING):
+            self.board.set_daemon_state(DAEMON_RUNNING if self.scheduler.running else DAEMON_IDLE)
 
     # == worktrees ========================================================================
     def _set_worktrees(self, found: list[Worktree], *, initial: bool = False) -> None:
@@ -407,13 +415,13 @@ class Daemon:
     # == jobs =============================================================================
     def _priority(self, key: tuple[str, str]) -> int:
         cell = self.board.cell(*key)
-        return 0 if cell is None or cell.get("last_result") != "pass" else 1
+        return 0 if cell is None or cell.get("last_result") != PASS else 1
 
     # == reload ===========================================================================
     async def reload(self) -> None:
         """Apply the config file anew; a bad one changes nothing (``config_invalid``)."""
         self.notifier.reloading()
-        self.board.set_daemon_state("reloading")
+        self.board.set_daemon_state(DAEMON_RELOADING)
         self.status.write()
         try:
             new = await asyncio.to_thread(
@@ -428,7 +436,7 @@ class Daemon:
                 errors=list(errors),
                 config_path=path_or_none(self.settings.config_path),
             )
-            self.board.set_daemon_state("idle")  # the status writer refines idle/running
+            self.board.set_daemon_state(DAEMON_IDLE)  # the status writer refines idle/running
             self.status.write()
             self.notifier.ready()
             return
@@ -455,7 +463,7 @@ class Daemon:
                 found = list(self.worktrees.values())
             # also reshapes the status board for the new scripts
             await self._apply_worktrees(found)
-        self.board.set_daemon_state("idle")
+        self.board.set_daemon_state(DAEMON_IDLE)
         self.status.write()
         self.log.info(
             "config_reloaded",

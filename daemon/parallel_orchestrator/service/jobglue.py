@@ -29,7 +29,7 @@ from ..repo.worktrees import Worktree
 from ..report.status import StatusBoard, iso
 from ..report.statuswriter import StatusWriter
 from ..settings.loader import ScriptSettings, Settings
-from ..states import OUTPUT_TAIL_BYTES
+from ..states import CANCELLED, ERROR, OUTPUT_TAIL_BYTES, PASS, RUNNING
 
 TAIL_BYTES = OUTPUT_TAIL_BYTES
 
@@ -124,7 +124,7 @@ class JobGlue:
         except asyncio.CancelledError:
             cancelled = True
             outcome = JobOutcome(
-                result="cancelled",
+                result=CANCELLED,
                 exit_code=None,
                 duration_s=time.monotonic() - started,
                 output_tail=read_tail(job.log_path),
@@ -135,7 +135,7 @@ class JobGlue:
         except Exception as exc:  # a runner bug or an OS failure: report it as the job's error
             self._log().exception("job_crashed", **job.fields())
             outcome = JobOutcome(
-                result="error",
+                result=ERROR,
                 exit_code=None,
                 duration_s=time.monotonic() - started,
                 output_tail="",
@@ -194,7 +194,7 @@ class JobGlue:
         self._board.update(
             job.wt.id,
             job.script.name,
-            state="running",
+            state=RUNNING,
             started_at=iso(started_wall),
             finished_at=None,
             job_id=job.job_id,
@@ -235,7 +235,7 @@ class JobGlue:
         if outcome.error_message:
             fields["error"] = outcome.error_message
         self._writer.write()  # before the log line, as for job_started
-        level = "info" if outcome.result in ("pass", "cancelled") else "warning"
+        level = "info" if outcome.result in (PASS, CANCELLED) else "warning"
         getattr(self._log(), level)("job_finished", **fields)
 
     def _prune(self, job: _Job) -> None:
@@ -307,8 +307,8 @@ def report_recovered(
         board.update(
             rec.hypothesis,
             rec.script,
-            state="error",
-            last_result="error",
+            state=ERROR,
+            last_result=ERROR,
             exit_code=None,
             finished_at=iso(time.time()),
             job_id=rec.job_id,
@@ -325,6 +325,6 @@ def report_recovered(
             pid=rec.pid,
             leader_alive=found_job.leader_alive,
             killed=list(found_job.killed),
-            result="error",
+            result=ERROR,
             error="daemon died",
         )
