@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 from harness import git, make_repo, run_cli, write_config
@@ -46,3 +50,68 @@ def test_branch_inside_a_folder_name_is_not_substituted_twice(tmp_path: Path) ->
     assert done.returncode == 0, done.stdout + done.stderr
     (result,) = json.loads(done.stdout)["results"]
     assert result["result"] == "pass" and result["hypothesis"] == odd.name
+
+
+def failing_once_config(tmp_path: Path) -> Path:
+    repo, _ = make_repo(tmp_path, hypotheses=("hyp-1",))
+    noisy = {
+        "name": "noisy",
+        "command": [
+            "sh",
+            "-c",
+            'echo first; for i in $(seq 1 40); do echo "line $i"; done;'
+            ' printf "\\033]0;owned\\007evil\\n"; exit 3',
+        ],
+        "timeout_s": 20,
+    }
+    ok = {"name": "ok", "command": ["true"], "timeout_s": 20}
+    return write_config(tmp_path / "cfg" / "po.toml", repo, [noisy, ok])
+
+
+def test_once_prints_the_output_tail_of_each_failing_job(tmp_path: Path) -> None:
+    cfg = failing_once_config(tmp_path)
+    done = run_cli("once", "-c", str(cfg), cwd=tmp_path)
+    assert done.returncode == 1
+    out = done.stdout
+    assert "repo/noisy: log " in out and "hyp-1/noisy: log " in out
+    assert "  | line 40" in out and "  | \\x1b]0;owned\\x07evil" in out
+    assert "  | first" not in out  # only the tail: the last lines
+    assert "\x1b" not in out and "\x07" not in out
+    assert "ok: log" not in out  # passing jobs print no tail
+    assert "once:" not in done.stderr  # no progress line off a terminal
+
+
+def test_once_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    cfg = failing_once_config(tmp_path)
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parallel_orchestrator", "once", "-c", str(cfg)],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=read_all, args=(main, chunks))
+    reader.start()
+    stdout, _ = proc.communicate(timeout=120)
+    reader.join(timeout=30)
+    os.close(main)
+    assert proc.returncode == 1
+    shown = b"".join(chunks).decode()
+    assert "once: 0/4 done" in shown and "running" in shown and "elapsed" in shown
+    assert "once: 4/4 done, 0 running, 2 not passed" in shown
+    assert shown.endswith("\r\x1b[2K")  # the line is erased before the results
+    assert b"  | line 40" in stdout
+
+
+def read_all(fd: int, into: list[bytes]) -> None:
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # EIO once the last writer closed the terminal
+            return
+        if not data:
+            return
+        into.append(data)

@@ -175,8 +175,10 @@ def cmd_once(args: argparse.Namespace) -> int:
         return _fail("no hypothesis to run (check worktrees.repo / paths / include)")
     from .backends.base import BackendUnavailable
 
+    progress = _once_progress(len(selected_wt) * len(scripts))
     try:
-        results, stopped_by = asyncio.run(_interruptible(run_once(settings, selected_wt, scripts)))
+        work = run_once(settings, selected_wt, scripts, progress)
+        results, stopped_by = asyncio.run(_interruptible(work))
     except BackendUnavailable as exc:
         return _fail(str(exc))
     if stopped_by is not None:
@@ -195,6 +197,17 @@ def cmd_once(args: argparse.Namespace) -> int:
     else:
         print(render_results(results))
     return EXIT_OK if all(r.outcome.result == PASS for r in results) else EXIT_FAILED
+
+
+def _once_progress(total: int):  # -> OnceProgress
+    """A progress line on stderr, only for a person watching a terminal."""
+    from .commands.onceprogress import OnceProgress
+
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return OnceProgress(total, sys.stderr if tty else None)
 
 
 async def _interruptible(work: Coroutine[Any, Any, T]) -> tuple[T | None, int | None]:

@@ -18,8 +18,10 @@ from ..backends.base import JobBackend, open_backend
 from ..jobs.runner import JobOutcome, install_child_watcher
 from ..jobs.spec import make_spec, prepare_run_files, prune_runs
 from ..repo.worktrees import Worktree
+from ..report.safetext import block, one_line
 from ..settings.loader import ScriptSettings, Settings
 from ..states import FAIL, PASS
+from .onceprogress import OnceProgress
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,13 @@ class OnceResult:
 
 
 async def run_once(
-    settings: Settings, worktrees: list[Worktree], scripts: list[ScriptSettings]
+    settings: Settings,
+    worktrees: list[Worktree],
+    scripts: list[ScriptSettings],
+    progress: OnceProgress | None = None,
 ) -> list[OnceResult]:
-    """Results in (hypothesis, script) order, whatever order they finished in.
+    """Results in (hypothesis, script) order, whatever order they finished in;
+    ``progress`` hears of every job's start and end.
 
     Raises BackendUnavailable when ``[executor]`` names a cluster that cannot be reached.
     """
@@ -56,7 +62,7 @@ async def run_once(
     backend = open_backend(settings.executor.backend, settings.executor.address)
     await backend.start()
     try:
-        return await _run_all(settings, worktrees, scripts, backend)
+        return await _run_all(settings, worktrees, scripts, backend, progress)
     finally:
         await backend.close()
 
@@ -66,6 +72,7 @@ async def _run_all(
     worktrees: list[Worktree],
     scripts: list[ScriptSettings],
     backend: JobBackend,
+    progress: OnceProgress | None,
 ) -> list[OnceResult]:
     session = secrets.token_hex(3)
     limit = asyncio.Semaphore(settings.daemon.max_concurrency or await backend.slots())
@@ -90,14 +97,27 @@ async def _run_all(
                 files=files,
                 base_env=os.environ,
             )
+            if progress is not None:
+                progress.job_started()
             outcome = await backend.run(spec)
+            if progress is not None:
+                progress.job_finished(outcome.result)
             if files is not None:
                 # pruning is housekeeping; a failure must not cost the result
                 with contextlib.suppress(OSError):
                     prune_runs(files.log.parent, settings.daemon.keep_runs)
         return OnceResult(wt.id, script.name, job_id, outcome, spec.log_path)
 
-    return list(await asyncio.gather(*(one(i, wt, s) for i, (wt, s) in enumerate(pairs, 1))))
+    ticker = asyncio.ensure_future(progress.tick()) if progress is not None else None
+    try:
+        jobs = (one(i, wt, s) for i, (wt, s) in enumerate(pairs, 1))
+        return list(await asyncio.gather(*jobs))
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            progress.close()
 
 
 def render_results(results: list[OnceResult]) -> str:
@@ -129,8 +149,40 @@ def render_results(results: list[OnceResult]) -> str:
     lines.append("")
     lines.append(f"{passed}/{len(results)} passed")
     for r in results:
-        if r.outcome.result != PASS and r.outcome.error_message:
-            lines.append(f"{r.hypothesis}/{r.script}: {r.outcome.error_message}")
-        elif r.outcome.result != PASS and r.log_path is not None:
-            lines.append(f"{r.hypothesis}/{r.script}: log {os.fsdecode(r.log_path)}")
+        if r.outcome.result != PASS:
+            lines.extend(_failure_report(r))
     return "\n".join(lines)
+
+
+TAIL_LINES = 20  # of each failing job's output, under the table
+
+
+def _failure_report(r: OnceResult) -> list[str]:
+    """What a failing job said: its error or log path, failing tests, its output's tail.
+
+    Names and output are escaped: whatever a job prints must not drive the terminal.
+    """
+    name = f"{one_line(r.hypothesis)}/{one_line(r.script)}"
+    if r.outcome.error_message:
+        lines = [f"{name}: {one_line(r.outcome.error_message)}"]
+    elif r.log_path is not None:
+        lines = [f"{name}: log {one_line(os.fsdecode(r.log_path))}"]
+    else:
+        lines = [f"{name}: {r.outcome.result}"]
+    failing = _failing_tests(getattr(r, "tests", None))
+    if failing:
+        lines.append(f"  failing tests: {', '.join(one_line(t) for t in failing)}")
+    tail = block(r.outcome.output_tail).rstrip("\n").splitlines()[-TAIL_LINES:]
+    if tail:
+        lines.append(f"  last {len(tail)} lines of output:")
+        lines.extend(f"  | {line}" for line in tail)
+    return lines
+
+
+def _failing_tests(tests: object) -> list[str]:
+    """Ids from a JUnit summary (``failing``: ids, or ``{"id", "message"}`` objects)."""
+    failing = tests.get("failing") if isinstance(tests, dict) else None
+    if not isinstance(failing, list):
+        return []
+    ids = [item.get("id") if isinstance(item, dict) else item for item in failing]
+    return [str(i) for i in ids if i is not None]
