@@ -27,7 +27,10 @@ from parallel_orchestrator.commands.initializer import (
 )
 from parallel_orchestrator.settings.loader import DEFAULT_COMMAND, load_settings
 
-PYTHON_CHOICES = ("python", "python3")
+
+def is_python(command0: str) -> bool:
+    """init writes the interpreter in full (a venv's, else python3's real path)."""
+    return os.path.isabs(command0) and os.access(command0, os.X_OK)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -80,7 +83,7 @@ def test_pytest_projects(tmp_path: Path, files: dict[str, str]) -> None:
     scripts = scripts_by_name(propose_config(repo))
     assert list(scripts) == ["tests"]
     tests = scripts["tests"]
-    assert tests["command"][0] in PYTHON_CHOICES
+    assert is_python(tests["command"][0])
     assert tests["command"][1:] == ["-m", "pytest", "-q"]
     assert tests["watch"][0] == "**/*.py"
     for config_name in ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini"):
@@ -169,7 +172,7 @@ def test_nothing_found_falls_back_to_the_default_script(tmp_path: Path) -> None:
     scripts = propose_config(repo)["scripts"]
     assert len(scripts) == 1
     assert scripts[0]["name"] == "tests"
-    assert scripts[0]["command"][0] in PYTHON_CHOICES
+    assert is_python(scripts[0]["command"][0])
     assert tuple(scripts[0]["command"][1:]) == DEFAULT_COMMAND[1:]
     assert scripts[0]["watch"] == ["**/*.py"]
 

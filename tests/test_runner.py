@@ -185,8 +185,8 @@ async def test_second_cancel_during_cleanup_skips_grace_but_still_kills(tmp_path
 async def test_exec_failures_are_errors_naming_the_command(tmp_path: Path) -> None:
     missing = await run_job(spec(tmp_path, "no-such-command-xyz.sh"))
     assert (missing.result, missing.exit_code) == ("error", None)
-    assert missing.error_message == (
-        "cannot run 'no-such-command-xyz.sh': No such file or directory"
+    assert missing.error_message.startswith(
+        "cannot run 'no-such-command-xyz.sh': No such file or directory; looked in PATH="
     )
 
     not_exec = tmp_path / "plain.sh"

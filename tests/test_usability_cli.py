@@ -115,3 +115,20 @@ def read_all(fd: int, into: list[bytes]) -> None:
         if not data:
             return
         into.append(data)
+
+
+def test_a_command_not_found_says_which_path_was_searched(tmp_path: Path) -> None:
+    repo, _ = make_repo(tmp_path, hypotheses=())
+    script = {
+        "name": "py",
+        "command": ["no-such-python-xyz", "-V"],
+        "env": {"PATH": "/nowhere/bin:/usr/bin"},
+        "timeout_s": 20,
+    }
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [script])
+    done = run_cli("once", "-c", str(cfg), "--json", cwd=tmp_path)
+    assert done.returncode == 1
+    (result,) = json.loads(done.stdout)["results"]
+    assert result["result"] == "error"
+    assert "cannot run 'no-such-python-xyz'" in result["error"]
+    assert "PATH=/nowhere/bin:/usr/bin" in result["error"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import textwrap
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from ..settings.loader import (
 )
 from ..store.atomic import write_atomic
 from ..store.folders import make_dirs
+from .pythonproject import project_python, top_level_test_modules, unittest_command, uses_unittest
 
 # The daemon refuses config files that group/others can write; 0o644 minus the umask
 # can never be, whatever the umask is.
@@ -129,12 +129,13 @@ def list_worktrees(repo: Path) -> list[Path]:
 # --------------------------------------------------------------------------- detection
 
 
-def _python() -> str:
-    """ "python" as the design's default says, unless only "python3" exists here (Debian
-    without python-is-python3), where "python" would make every job an error."""
-    if shutil.which("python") is None and shutil.which("python3") is not None:
-        return "python3"
-    return "python"
+def _python(repo: Path, notes: list[str]) -> str:
+    """The interpreter the project uses, written out in full (see ``project_python``)."""
+    python, why = project_python(repo)
+    note = f"python: {python} ({why}); written in full: under systemd jobs get a minimal PATH"
+    if note not in notes:
+        notes.append(note)
+    return python
 
 
 def _pyproject_has_pytest(path: Path, notes: list[str]) -> bool:
@@ -170,13 +171,23 @@ def _detect_pytest(repo: Path, notes: list[str]) -> _Detected | None:
         reasons.append("setup.cfg [tool:pytest]")
     if tox_ini.is_file() and _ini_has_section(tox_ini, "pytest"):
         reasons.append("tox.ini [pytest]")
-    reasons += [f"{d}/test_*.py" for d in ("tests", "test") if _has_test_modules(repo / d)]
+    configured = bool(reasons)
+    test_dirs = [d for d in ("tests", "test") if _has_test_modules(repo / d)]
+    reasons += [f"{d}/test_*.py" for d in test_dirs]
+    if top_level_test_modules(repo):
+        reasons.append("test_*.py at the top level")
     if not reasons:
         return None
     watch = ["**/*.py"] + [
         n for n in ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini") if (repo / n).is_file()
     ]
-    script = {"name": "tests", "command": [_python(), "-m", "pytest", "-q"], "watch": watch}
+    python = _python(repo, notes)
+    if not configured and uses_unittest(repo, test_dirs):
+        command = unittest_command(repo, python, test_dirs)
+        script = {"name": "tests", "command": command, "watch": watch}
+        why = "test modules import unittest, no pytest configuration"
+        return _Detected(script, (), f"tests: unittest project ({why}; {', '.join(reasons)})")
+    script = {"name": "tests", "command": [python, "-m", "pytest", "-q"], "watch": watch}
     return _Detected(script, (), f"tests: pytest project ({', '.join(reasons)})")
 
 
@@ -344,7 +355,7 @@ def _propose(
     if falsification is not None:
         detected.append(falsification)
     if not detected:
-        command = [_python(), *DEFAULT_COMMAND[1:]]
+        command = [_python(repo, notes), *DEFAULT_COMMAND[1:]]
         detected.append(
             _Detected(
                 {"name": DEFAULT_SCRIPT_NAME, "command": command, "watch": list(DEFAULT_WATCH)}

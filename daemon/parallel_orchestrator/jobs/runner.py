@@ -106,7 +106,13 @@ def _spawn_error_message(spec: JobSpec, exc: OSError | ValueError) -> str:
     if exc.filename is not None and str(exc.filename) == str(spec.cwd):
         return f"working directory '{spec.cwd}' is not usable: {reason}"
     prog = spec.argv[0]
-    if exc.errno == errno.ENOENT and os.sep in prog and (spec.cwd / prog).exists():
+    if exc.errno == errno.ENOENT and os.sep not in prog:
+        # Where it looked: under systemd PATH is minimal, and Debian has no `python`.
+        path = spec.env.get("PATH", os.defpath)
+        reason += (
+            f"; looked in PATH={path} (give an absolute path, or set PATH in the script's env)"
+        )
+    elif exc.errno == errno.ENOENT and os.sep in prog and (spec.cwd / prog).exists():
         reason += " (its #! interpreter was not found)"
     elif exc.errno == errno.ENOEXEC:
         reason += " (no #! line?)"
