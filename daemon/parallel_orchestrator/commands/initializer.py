@@ -184,10 +184,14 @@ def _detect_pytest(repo: Path, notes: list[str]) -> _Detected | None:
     python = _python(repo, notes)
     if not configured and uses_unittest(repo, test_dirs):
         command = unittest_command(repo, python, test_dirs)
-        script = {"name": "tests", "command": command, "watch": watch}
+        script = {"name": DEFAULT_SCRIPT_NAME, "command": command, "watch": watch}
         why = "test modules import unittest, no pytest configuration"
         return _Detected(script, (), f"tests: unittest project ({why}; {', '.join(reasons)})")
-    script = {"name": "tests", "command": [python, "-m", "pytest", "-q"], "watch": watch}
+    script = {
+        "name": DEFAULT_SCRIPT_NAME,
+        "command": [python, "-m", "pytest", "-q"],
+        "watch": watch,
+    }
     return _Detected(script, (), f"tests: pytest project ({', '.join(reasons)})")
 
 
