@@ -227,3 +227,28 @@ def test_second_daemon_names_the_key_and_both_configs(tmp_path: Path) -> None:
         assert f"pid {d.proc.pid}" in line
     finally:
         assert d.stop() == 0
+
+
+def test_readers_resolve_the_units_state_dir_like_status(tmp_path: Path) -> None:
+    """logs/output/compare use state_dir_for: the same folder status reads from."""
+    from parallel_orchestrator.report.statelocate import state_dir_for, status_file_for
+    from parallel_orchestrator.settings.loader import load_settings
+
+    home = tmp_path / "home"
+    env = xdg_env(home)
+    repo, _ = make_repo(tmp_path, hypotheses=())
+    cfg = write_config(
+        home / ".config" / "parallel-orchestrator" / "proj.toml",
+        repo,
+        [TRUE_SCRIPT],
+        state_dir="",
+        log_file="",
+    )
+    settings = load_settings(cfg, env=env)
+    assert state_dir_for(settings, env) == settings.daemon.state_dir  # nothing yet
+    unit_dir = home / ".local" / "state" / "parallel-orchestrator" / "proj"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / "status.json").write_text(json.dumps(status_doc(str(cfg))))
+    assert status_file_for(settings, env) == unit_dir / "status.json"
+    assert state_dir_for(settings, env) == unit_dir
+    assert settings.daemon.state_dir.name.startswith("repo-")

@@ -93,3 +93,15 @@ def status_file_for(settings: Settings, env: Mapping[str, str]) -> Path:
             "give each config its own daemon.state_dir"
         )
     return settings.daemon.status_file
+
+
+def state_dir_for(settings: Settings, env: Mapping[str, str]) -> Path:
+    """The state dir of this config's daemon, for every reading command (``logs``,
+    ``output``, ``compare``, ``wait``...): the folder of the status file found by
+    ``status_file_for`` when that is one of the unit folders, else the configured one.
+    Raises ForeignStatusFile like ``status_file_for``."""
+    d = settings.daemon
+    found = status_file_for(settings, env)
+    if found == d.status_file or d.status_file != d.state_dir / "status.json":
+        return d.state_dir
+    return found.parent
