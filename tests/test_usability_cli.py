@@ -132,3 +132,16 @@ def test_a_command_not_found_says_which_path_was_searched(tmp_path: Path) -> Non
     assert result["result"] == "error"
     assert "cannot run 'no-such-python-xyz'" in result["error"]
     assert "PATH=/nowhere/bin:/usr/bin" in result["error"]
+
+
+def test_check_and_once_escape_a_worktree_name_with_control_characters(tmp_path: Path) -> None:
+    repo, _ = make_repo(tmp_path, hypotheses=())
+    evil = tmp_path / "wt\x1b]0;owned\x07"
+    git(repo, "worktree", "add", "-q", "-b", "evil", os.fsdecode(evil))
+    script = {"name": "t", "command": ["false"], "timeout_s": 20}
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [script])
+    for args in (("check",), ("once",)):
+        done = run_cli(*args, "-c", str(cfg), cwd=tmp_path)
+        assert done.returncode in (0, 1), done.stderr
+        assert "\x1b" not in done.stdout and "\x07" not in done.stdout, repr(done.stdout)
+        assert "wt\\x1b]0;owned\\x07" in done.stdout

@@ -128,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .report.safetext import one_line
+
     settings, worktrees = _load_and_discover(args.config)
     d = settings.daemon
     cfg = os.fsdecode(settings.config_path) if settings.config_path else "(embedded default)"
@@ -142,13 +144,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     ex = settings.executor
     print(f"executor:    {ex.backend}" + (f" (scheduler {ex.address})" if ex.address else ""))
     print(f"hypotheses ({len(worktrees)}):")
-    for wt in worktrees:
-        branch = wt.branch or "(detached)"
-        print(f"  {wt.id:<24} {branch:<24} {os.fsdecode(wt.path)}")
+    for wt in worktrees:  # names come from folders and branches: escaped for the terminal
+        branch = one_line(wt.branch or "(detached)")
+        print(f"  {one_line(wt.id):<24} {branch:<24} {one_line(os.fsdecode(wt.path))}")
     print(f"scripts ({len(settings.scripts)}):")
     for s in settings.scripts:
-        print(f"  {s.name:<24} {shlex.join(s.command)}")
-        print(f"  {'':<24} watch {', '.join(s.watch)}; timeout {s.timeout_s:g}s")
+        print(f"  {s.name:<24} {one_line(shlex.join(s.command))}")
+        print(f"  {'':<24} watch {one_line(', '.join(s.watch))}; timeout {s.timeout_s:g}s")
     if not worktrees:
         print("warning: no hypothesis found (check worktrees.repo / paths / include)")
     return EXIT_OK

@@ -125,10 +125,10 @@ def render_results(results: list[OnceResult]) -> str:
     hyps = list(dict.fromkeys(r.hypothesis for r in results))
     scripts = list(dict.fromkeys(r.script for r in results))
     cells = {(r.hypothesis, r.script): r for r in results}
-    header = ["hypothesis", *scripts]
+    header = ["hypothesis", *(one_line(s) for s in scripts)]
     rows = [header]
     for h in hyps:
-        row = [h]
+        row = [one_line(h)]  # a worktree folder's name: escaped for the terminal
         for s in scripts:
             r = cells.get((h, s))
             if r is None:
