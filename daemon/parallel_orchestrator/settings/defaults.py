@@ -64,6 +64,13 @@ NOTIFY_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     }
 )
 
+EXECUTOR_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "backend": "local",  # local | dask
+        "address": "",  # dask: the scheduler address
+    }
+)
+
 
 def default_document() -> dict[str, Any]:
     """The defaults as a plain TOML-shaped document (lists and dicts, as tomllib parses)."""
@@ -83,4 +90,5 @@ def default_document() -> dict[str, Any]:
         "worktrees": plain(WORKTREE_DEFAULTS),
         "scripts": [plain(SCRIPT_DEFAULTS)],
         "notify": plain(NOTIFY_DEFAULTS),
+        "executor": plain(EXECUTOR_DEFAULTS),
     }

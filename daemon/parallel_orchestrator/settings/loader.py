@@ -25,7 +25,13 @@ from typing import Any, Literal, cast
 
 from ..errors import OrchestratorError
 from ..repo.pathglob import glob_problem
-from .defaults import DAEMON_DEFAULTS, NOTIFY_DEFAULTS, SCRIPT_DEFAULTS, WORKTREE_DEFAULTS
+from .defaults import (
+    DAEMON_DEFAULTS,
+    EXECUTOR_DEFAULTS,
+    NOTIFY_DEFAULTS,
+    SCRIPT_DEFAULTS,
+    WORKTREE_DEFAULTS,
+)
 
 OnBusy = Literal["restart", "queue", "ignore"]
 
@@ -41,6 +47,7 @@ DEFAULT_SCRIPT_NAME: str = SCRIPT_DEFAULTS["name"]
 DEFAULT_PORT_RANGE: tuple[int, int] = DAEMON_DEFAULTS["port_range"]
 # Short names for the one table of defaults (settings/defaults.py).
 _D, _W, _S, _N = DAEMON_DEFAULTS, WORKTREE_DEFAULTS, SCRIPT_DEFAULTS, NOTIFY_DEFAULTS
+_E = EXECUTOR_DEFAULTS
 PORT_BLOCK_SIZE = 100  # PO_PORT_BASE .. PO_PORT_BASE + 99 belong to one hypothesis
 
 # Script names become directory names (run logs), so they must be safe path components.
@@ -121,8 +128,10 @@ class NotifySettings:
 class ExecutorSettings:
     """``[executor]``: where jobs run (see backends/)."""
 
-    backend: str = "local"  # local | dask
-    address: str = ""  # dask: the scheduler, e.g. tcp://10.0.0.5:8786; "local": a LocalCluster
+    backend: str = _E["backend"]  # local | dask
+    address: str = _E[
+        "address"
+    ]  # dask: the scheduler, e.g. tcp://10.0.0.5:8786; "local": a LocalCluster
 
 
 @dataclass(frozen=True)
@@ -576,8 +585,8 @@ def settings_from_document(
 
 def _executor(table: Mapping[str, Any], errs: _Errors) -> ExecutorSettings | None:
     _reject_unknown(table, "executor", _EXECUTOR_KEYS, errs)
-    backend = _choice(table, "backend", "executor.", EXECUTOR_BACKENDS, "local", errs)
-    address = table.get("address", "")
+    backend = _choice(table, "backend", "executor.", EXECUTOR_BACKENDS, _E["backend"], errs)
+    address = table.get("address", _E["address"])
     if not isinstance(address, str) or address != address.strip() or "\0" in address:
         errs.add("executor.address", f"expected a scheduler address string, got {_show(address)}")
         return None
