@@ -1,6 +1,11 @@
 """``parallel-orchestrator run``: the long-running daemon that wires the pipeline together.
 
-worktrees -> watcher -> filters -> batcher -> planner -> scheduler -> runner -> status/log.
+worktrees -> watcher -> intake (WorktreeIndex, filters, gitignore, batcher) -> dispatch
+(planner) -> scheduler -> jobglue (runner, ledger) -> status writer / JSON log.
+
+This module keeps only lifecycle and wiring: the state-dir lock, start-up (crash
+recovery, discovery), signals, rediscovery, reload and shutdown. Each stage's own work
+lives in the module named above.
 
 Signal handlers only record the signal; the main loop acts on it (uvicorn's shape).
 Shutdown: stop intake, cancel running jobs (each runner kills its group: SIGTERM, grace,
