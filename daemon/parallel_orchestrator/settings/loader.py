@@ -512,9 +512,11 @@ def _folders_trusted_by(path: Path) -> list[Path]:
         add_ancestors(os.path.dirname(hop))
         real_folder = os.path.realpath(os.path.dirname(hop))
         add_ancestors(real_folder)
-        if not os.path.islink(hop):
+        try:
+            target = os.readlink(hop)
+        except OSError:  # not a link (EINVAL), or gone: the chain ends here
             break
-        hop = os.path.normpath(os.path.join(real_folder, os.readlink(hop)))
+        hop = os.path.normpath(os.path.join(real_folder, target))
     return [Path(folder) for folder in folders]
 
 
