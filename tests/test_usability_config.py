@@ -119,3 +119,20 @@ def test_a_world_writable_ancestor_of_the_real_path_is_refused(tmp_path: Path) -
     line = one_error_line(run_cli("check", "-c", str(named), cwd=tmp_path))
     assert f"({shared}, mode 0777)" in line
     assert os.stat(real).st_mode & 0o777 == 0o600
+
+
+def test_deep_nesting_on_sighup_keeps_the_old_config(tmp_path: Path) -> None:
+    repo, _ = make_repo(tmp_path, hypotheses=())
+    cfg = write_config(tmp_path / "po.toml", repo, [TRUE_SCRIPT])
+    d = DaemonProcess(cfg)
+    try:
+        d.wait_ready()
+        cfg.write_text("deep = " + "[" * 5000 + "]" * 5000 + "\n" + cfg.read_text())
+        d.signal(signal.SIGHUP)
+        (event,) = d.wait_event("config_invalid")
+        assert any("nested too deeply" in e for e in event["errors"]), event
+        assert d.events("daemon_crashed") == []
+        (repo / "src" / "app.py").write_text("VALUE = 3\n")
+        d.wait_event("job_finished", lambda e: e["script"] == "t")  # old config still works
+    finally:
+        assert d.stop() == 0
