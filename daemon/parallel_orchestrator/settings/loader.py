@@ -129,9 +129,8 @@ class ExecutorSettings:
     """``[executor]``: where jobs run (see backends/)."""
 
     backend: str = _E["backend"]  # local | dask
-    address: str = _E[
-        "address"
-    ]  # dask: the scheduler, e.g. tcp://10.0.0.5:8786; "local": a LocalCluster
+    # dask: the scheduler, e.g. tcp://10.0.0.5:8786; "local": a LocalCluster
+    address: str = _E["address"]
 
 
 @dataclass(frozen=True)
