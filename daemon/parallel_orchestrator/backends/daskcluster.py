@@ -41,7 +41,7 @@ from distributed.client import FutureCancelledError
 
 from ..jobs.model import JobOutcome, JobSpec
 from .base import BackendUnavailable, EventLog, OnStarted
-from .remote import RemoteJob, RemoteResult, cancel_job, run_remote
+from .remote import RemoteJob, RemoteResult, cancel_job, from_pushed, run_remote
 
 LOCAL_ADDRESS = "local"
 # Files the daemon writes for a job and the job reads: shipped to the worker by content.
@@ -72,6 +72,7 @@ class _Tracked:
     job_id: str
     started: asyncio.Future[tuple[int, str]]
     lost: asyncio.Future[str]  # resolved with the error message: worker died, scheduler lost
+    pushed: asyncio.Future[RemoteResult]  # a small result, sent as an event (remote.py)
     worker: str | None = None
 
 
@@ -109,6 +110,10 @@ class DaskBackend:
         self._watcher: asyncio.Task[None] | None = None
         self._abandoned: OrderedDict[str, None] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
+        # Finished futures, released together every _WATCH_EVERY_S. Dropping one at once
+        # sends "release" on the client's batched stream (10 ms windows), and the next
+        # job's submit, a moment later, would wait for the next window.
+        self._finished: list[Any] = []
 
     # == life cycle =======================================================================
     async def start(self) -> None:
@@ -179,7 +184,7 @@ class DaskBackend:
                 f"cannot reach the dask scheduler at {self.address}: {reason}"
             ) from exc
         conn = _Connection(client, client.scheduler_comm, f"po-started-{client.id}")
-        client.subscribe_topic(conn.topic, lambda event: self._on_started(conn, event[1]))
+        client.subscribe_topic(conn.topic, lambda event: self._on_job_event(conn, event[1]))
         client.subscribe_topic("all", lambda event: self._on_cluster_event(conn, event[1]))
         return conn
 
@@ -187,6 +192,7 @@ class DaskBackend:
         """Notice a lost scheduler; fail the jobs it took along; reconnect with backoff."""
         while True:
             await asyncio.sleep(_WATCH_EVERY_S)
+            self._finished.clear()
             conn = self._conn
             if conn is None or conn.healthy():
                 continue
@@ -231,9 +237,13 @@ class DaskBackend:
         task.add_done_callback(self._background.discard)
 
     # == events from the cluster ==========================================================
-    def _on_started(self, conn: _Connection, msg: dict[str, Any]) -> None:
+    def _on_job_event(self, conn: _Connection, msg: dict[str, Any]) -> None:
         job_id, worker = str(msg["job_id"]), str(msg["worker"])
         tracked = conn.jobs.get(job_id)
+        if msg.get("done"):
+            if tracked is not None:
+                _resolve(tracked.pushed, from_pushed(msg))
+            return
         if tracked is None or tracked.lost.done():
             if tracked is not None or job_id in self._abandoned:
                 self._spawn(self._cancel_on(conn, job_id, worker))  # a start nobody wants
@@ -278,7 +288,9 @@ class DaskBackend:
         except OSError as exc:
             return _error(t0, started_at, f"cannot read {exc.filename}: {exc.strerror}")
         loop = asyncio.get_running_loop()
-        tracked = _Tracked(spec.job_id, loop.create_future(), loop.create_future())
+        tracked = _Tracked(
+            spec.job_id, loop.create_future(), loop.create_future(), loop.create_future()
+        )
         conn.jobs[spec.job_id] = tracked
         future = conn.client.submit(run_remote, job, key=f"po-job-{spec.job_id}", pure=False)
         waiter = asyncio.ensure_future(_result(future))
@@ -289,6 +301,7 @@ class DaskBackend:
             raise
         finally:
             conn.jobs.pop(spec.job_id, None)
+            self._finished.append(future)
 
     async def _follow(
         self,
@@ -302,19 +315,25 @@ class DaskBackend:
     ) -> JobOutcome:
         started_at = time.time()
         reported = False
-        while not waiter.done():
-            pending = {waiter, tracked.lost} | (set() if reported else {tracked.started})
+        while not waiter.done() and not tracked.pushed.done():
+            pending = {waiter, tracked.lost, tracked.pushed}
+            if not reported:
+                pending.add(tracked.started)
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if tracked.started.done() and not reported:
                 reported = True
                 if on_started is not None:
                     on_started(*tracked.started.result())
-            if tracked.lost.done() and not waiter.done():
+            if tracked.lost.done() and not waiter.done() and not tracked.pushed.done():
                 self._abandon(spec.job_id)
                 waiter.cancel()
                 self._spawn(conn.client.cancel([future]))
                 return _error(t0, started_at, tracked.lost.result())
-        kind, value = waiter.result()
+        if tracked.pushed.done():
+            waiter.cancel()  # the result is in; the future is released with us
+            kind, value = "ok", tracked.pushed.result()
+        else:
+            kind, value = waiter.result()
         if kind == "lost":
             return _error(
                 t0, started_at, f"lost the connection to the dask scheduler at {self.address}"

@@ -55,6 +55,45 @@ class RemoteResult:
     error: str = ""  # the job host failed; the job's result is then "error"
 
 
+# A result this small also travels as an event on the daemon's topic (msgpack): it arrives
+# ~6 ms sooner than the task's result, which the client fetches with another round trip
+# after hearing the task is done. Small, because the scheduler keeps a topic's last 1000
+# events in memory.
+PUSH_LIMIT_BYTES = 4096
+
+
+def pushed_form(job_id: str, result: RemoteResult) -> dict[str, object] | None:
+    """``result`` as an event message, or None when it is too big to push."""
+    if result.outputs or len(result.log) > PUSH_LIMIT_BYTES:
+        return None
+    outcome = None if result.outcome is None else dataclasses.asdict(result.outcome)
+    if outcome is not None and len(str(outcome)) > 2 * PUSH_LIMIT_BYTES:
+        return None  # a large capture: let it come as the task's result
+    return {
+        "job_id": job_id,
+        "done": True,
+        "worker": result.worker,
+        "pid": result.pid,
+        "outcome": outcome,
+        "log": result.log,
+        "error": result.error,
+    }
+
+
+def from_pushed(msg: dict[str, object]) -> RemoteResult:
+    """The daemon's side of ``pushed_form``."""
+    fields = msg["outcome"]
+    outcome = JobOutcome(**fields) if isinstance(fields, dict) else None
+    pid = msg["pid"]
+    return RemoteResult(
+        worker=str(msg["worker"]),
+        pid=pid if isinstance(pid, int) else None,
+        outcome=outcome,
+        log=bytes(msg["log"]) if isinstance(msg["log"], (bytes, bytearray)) else b"",
+        error=str(msg["error"] or ""),
+    )
+
+
 # job_id -> the future that cancels it, for the jobs running in this worker process.
 _cancels: dict[str, asyncio.Future[None]] = {}
 
@@ -154,6 +193,10 @@ async def run_remote(job: RemoteJob) -> RemoteResult:
             if data is not None:
                 outputs[var] = data
         log = _read_capped(spec.log_path, spec.max_log_bytes + 4096) or b""
-        return RemoteResult(address, pid, outcome_of(ended), log, outputs)
+        result = RemoteResult(address, pid, outcome_of(ended), log, outputs)
+        pushed = pushed_form(job_id, result)
+        if pushed is not None:
+            worker.log_event(job.topic, pushed)
+        return result
     finally:
         shutil.rmtree(folder, ignore_errors=True)
