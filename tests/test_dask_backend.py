@@ -58,7 +58,8 @@ class Events:
 
 @pytest.fixture
 async def backend(cluster: LocalCluster) -> DaskBackend:
-    b = DaskBackend(cluster.scheduler_address, log=Events())
+    events = Events()
+    b = DaskBackend(cluster.scheduler_address, log=lambda: events)
     await b.start()
     yield b
     await b.close()

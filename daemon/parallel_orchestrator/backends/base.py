@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..errors import OrchestratorError
 from ..jobs.model import JobOutcome, JobSpec
 from ..jobs.runner import run_job
 
@@ -20,7 +21,7 @@ BACKENDS: tuple[str, ...] = ("local", "dask")
 OnStarted = Callable[[int, "str | None"], None]
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(OrchestratorError):
     """The backend cannot run jobs at all (scheduler unreachable, package missing).
 
     ``str()`` is one line naming what is at fault (the address, the package).
@@ -72,7 +73,9 @@ class LocalBackend:
         return None
 
 
-def open_backend(name: str, address: str = "", log: EventLog | None = None) -> JobBackend:
+def open_backend(
+    name: str, address: str = "", log: Callable[[], EventLog] | None = None
+) -> JobBackend:
     """The backend ``[executor]`` names (not started yet); raises BackendUnavailable."""
     if name == "local":
         return LocalBackend()

@@ -32,6 +32,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,12 +97,13 @@ class DaskBackend:
         self,
         address: str,
         *,
-        log: EventLog | None = None,
+        log: Callable[[], EventLog] | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         cluster_options: dict[str, Any] | None = None,
     ) -> None:
         self.address = address
-        self._log: EventLog = log if log is not None else _Quiet()
+        # A callable: the daemon's logger is replaced on reload.
+        self._log: Callable[[], EventLog] = log if log is not None else _Quiet
         self._connect_timeout_s = connect_timeout_s
         self._cluster_options = cluster_options or {}
         self._cluster: LocalCluster | None = None
@@ -197,7 +199,7 @@ class DaskBackend:
             if conn is None or conn.healthy():
                 continue
             self._conn = None
-            self._log.warning("scheduler_lost", address=self.address, running_jobs=len(conn.jobs))
+            self._log().warning("scheduler_lost", address=self.address, running_jobs=len(conn.jobs))
             message = f"lost the connection to the dask scheduler at {self.address}"
             for tracked in conn.jobs.values():
                 _resolve(tracked.lost, message)
@@ -213,7 +215,7 @@ class DaskBackend:
             try:
                 conn = await self._connect()
             except BackendUnavailable as exc:
-                self._log.warning(
+                self._log().warning(
                     "scheduler_reconnect_failed",
                     address=self.address,
                     attempt=attempts,
@@ -223,7 +225,7 @@ class DaskBackend:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 continue
-            self._log.info(
+            self._log().info(
                 "scheduler_reconnected",
                 address=self.address,
                 attempts=attempts,
@@ -265,7 +267,9 @@ class DaskBackend:
         try:
             found = await conn.client.run(cancel_job, job_id, workers=[worker])
         except Exception as exc:  # the worker or the scheduler is gone: its jobs went too
-            self._log.warning("remote_cancel_failed", job_id=job_id, worker=worker, error=str(exc))
+            self._log().warning(
+                "remote_cancel_failed", job_id=job_id, worker=worker, error=str(exc)
+            )
             return False
         return bool(found.get(worker))
 
@@ -374,11 +378,34 @@ class DaskBackend:
                     self._cancel_on(conn, spec.job_id, tracked.worker),
                     max(deadline - time.monotonic(), 0.1),
                 )
-            await asyncio.wait({waiter}, timeout=max(deadline - time.monotonic(), 0))
+            await asyncio.wait(
+                {waiter, tracked.pushed},
+                timeout=max(deadline - time.monotonic(), 0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         except (Exception, asyncio.CancelledError) as exc:
-            self._log.warning("remote_cancel_failed", job_id=spec.job_id, error=str(exc))
+            self._log().warning("remote_cancel_failed", job_id=spec.job_id, error=str(exc))
         finally:
             waiter.cancel()
+        self._keep_log_of_cancelled(spec, tracked, waiter)
+
+    def _keep_log_of_cancelled(
+        self, spec: JobSpec, tracked: _Tracked, waiter: asyncio.Future[tuple[str, Any]]
+    ) -> None:
+        """A cancelled job's output so far, into its run log (as a local cancel leaves it)."""
+        result: RemoteResult | None = None
+        if tracked.pushed.done():
+            result = tracked.pushed.result()
+        elif waiter.done() and not waiter.cancelled() and waiter.result()[0] == "ok":
+            result = waiter.result()[1]
+        if result is None:
+            return
+        try:
+            _bring_back(spec, result)
+        except OSError as exc:
+            self._log().warning(
+                "run_log_unavailable", job_id=spec.job_id, path=exc.filename, error=exc.strerror
+            )
 
 
 async def _result(future: Any) -> tuple[str, Any]:

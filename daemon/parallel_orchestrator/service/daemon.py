@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..backends.base import BackendUnavailable, open_backend
 from ..errors import OrchestratorError
 from ..jobs import janitor, ledger
 from ..jobs.runner import install_child_watcher, job_leaders, reap_orphan_zombies
@@ -152,6 +153,12 @@ class Daemon:
         )
         self.batcher = self.intake.batcher
         self.ledger = ledger.Ledger(d.state_dir / "jobs")
+        ex = settings.executor
+        try:
+            self.backend = open_backend(ex.backend, ex.address, log=lambda: self.log)
+        except BackendUnavailable as exc:
+            raise DaemonError(str(exc)) from exc
+        self._slots = d.concurrency  # max_concurrency = 0: the backend's, once started
         self.jobs = JobGlue(
             session=self.session,
             settings=lambda: self.settings,
@@ -161,6 +168,7 @@ class Daemon:
             log=lambda: self.log,
             env=self.env,
             jobs_ledger=self.ledger,
+            backend=self.backend,
         )
         self.scheduler = Scheduler(
             self.jobs.run,
@@ -181,6 +189,7 @@ class Daemon:
         self._lock_fd = lock_state_dir(d.state_dir, self.settings.config_path)
         janitor.become_subreaper()
         recovered = ledger.recover(self.jobs_dir)
+        await self._start_backend()
         try:
             found = await discover_async(self.settings.worktrees, strict=True)
         except WorktreeError as exc:
@@ -222,6 +231,22 @@ class Daemon:
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)
         return code
+
+    async def _start_backend(self) -> None:
+        """Connect to where jobs run (a dask scheduler): one line and exit 2 if it cannot."""
+        try:
+            await self.backend.start()
+        except BackendUnavailable as exc:
+            raise DaemonError(str(exc)) from exc
+        self._slots = await self.backend.slots()
+        self.scheduler.set_limits(self._concurrency(self.settings), *self._policy(self.settings))
+
+    def _concurrency(self, settings: Settings) -> int:
+        return settings.daemon.max_concurrency or self._slots
+
+    @staticmethod
+    def _policy(settings: Settings) -> tuple[Any, list[str]]:
+        return settings.daemon.on_busy, [s.name for s in settings.scripts if s.exclusive]
 
     async def _start_watching(self, loop: asyncio.AbstractEventLoop) -> None:
         self.watcher = Watcher(
@@ -271,6 +296,7 @@ class Daemon:
         )
         grace = max((s.kill_grace_s for s in self.settings.scripts), default=5.0)
         stuck = await self.scheduler.shutdown(timeout=grace + 1.5)
+        await self._close_backend()
         if watcher_stopped is not None:
             await watcher_stopped
         if stuck:
@@ -288,6 +314,16 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    async def _close_backend(self) -> None:
+        # Its jobs have ended; what is left is a connection (or an in-process cluster,
+        # whose worker processes die with us anyway): do not let it hold up the exit.
+        try:
+            await asyncio.wait_for(self.backend.close(), 1.0)
+        except TimeoutError:
+            self.log.warning("executor_close_slow", backend=self.backend.name)
+        except Exception as exc:  # shutdown goes on: the jobs are over, the log says why
+            self.log.warning("executor_close_failed", backend=self.backend.name, error=str(exc))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -453,9 +489,9 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.set_step(step_for(d.debounce_ms, self.env))
         self.intake.set_ignore(new.worktrees.ignore)
-        self.scheduler.set_limits(
-            d.concurrency, d.on_busy, [s.name for s in new.scripts if s.exclusive]
-        )
+        self.scheduler.set_limits(self._concurrency(new), *self._policy(new))
+        if new.executor != old.executor:
+            self.log.warning("executor_change_needs_restart", kept=old.executor.backend)
         kept = {s.name for s in new.scripts}
         for script in old.scripts:
             if script.name not in kept:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..backends.base import JobBackend, LocalBackend
 from ..jobs import ledger
 from ..jobs.model import JobOutcome
-from ..jobs.runner import run_job
 from ..jobs.spec import RunFiles, make_spec, prepare_run_files, prune_runs
 from ..pipeline.scheduler import JobRequest, SchedulerHooks
 from ..repo.worktrees import Worktree
@@ -72,8 +72,10 @@ class JobGlue:
         log: Callable[[], Any],
         env: dict[str, str],
         jobs_ledger: ledger.Ledger,
+        backend: JobBackend | None = None,
     ) -> None:
         self._ledger = jobs_ledger
+        self._backend: JobBackend = backend or LocalBackend()
         self._session = session
         self._settings = settings
         self._worktree = worktree
@@ -113,14 +115,16 @@ class JobGlue:
         started_wall = time.time()
         started = time.monotonic()
         pid_box: list[int] = []
+        worker_box: list[str | None] = []
 
-        def on_started(pid: int) -> None:
+        def on_started(pid: int, worker: str | None) -> None:
             pid_box.append(pid)
-            self._started(job, pid, started_wall)
+            worker_box.append(worker)
+            self._started(job, pid, worker, started_wall)
 
         cancelled = False
         try:
-            outcome = await run_job(spec, on_started)
+            outcome = await self._backend.run(spec, on_started)
         except asyncio.CancelledError:
             cancelled = True
             outcome = JobOutcome(
@@ -148,7 +152,7 @@ class JobGlue:
                 self._ledger.remove(job.job_id)
             except OSError as exc:
                 self._ledger_failed(exc)
-        self._finished(job, outcome)
+        self._finished(job, outcome, worker_box[0] if worker_box else None)
         self._prune(job)
         if cancelled:
             raise asyncio.CancelledError
@@ -178,19 +182,22 @@ class JobGlue:
     def _ledger_failed(self, exc: OSError) -> None:
         self._log().warning("ledger_write_failed", path=os.fsdecode(self.jobs_dir), error=str(exc))
 
-    def _started(self, job: _Job, pid: int, started_wall: float) -> None:
-        record = ledger.JobRecord.for_process(
-            job_id=job.job_id,
-            hypothesis=job.wt.id,
-            script=job.script.name,
-            pid=pid,
-            batch_id=job.req.batch_id,
-            started_at=started_wall,
-        )
-        try:
-            self._ledger.add(record)
-        except OSError as exc:
-            self._ledger_failed(exc)
+    def _started(self, job: _Job, pid: int, worker: str | None, started_wall: float) -> None:
+        """``worker``: the dask worker's address; None for a local job. Only a local job's
+        pid goes to the crash-recovery ledger: a remote pid names a process elsewhere."""
+        if worker is None:
+            record = ledger.JobRecord.for_process(
+                job_id=job.job_id,
+                hypothesis=job.wt.id,
+                script=job.script.name,
+                pid=pid,
+                batch_id=job.req.batch_id,
+                started_at=started_wall,
+            )
+            try:
+                self._ledger.add(record)
+            except OSError as exc:
+                self._ledger_failed(exc)
         self._board.update(
             job.wt.id,
             job.script.name,
@@ -202,9 +209,11 @@ class JobGlue:
             log_path=path_or_none(job.log_path),
         )
         self._writer.write()  # status first, then the log line (module doc)
-        self._log().info("job_started", **job.fields(), pid=pid, command=list(job.argv))
+        self._log().info(
+            "job_started", **job.fields(), pid=pid, command=list(job.argv), worker=worker
+        )
 
-    def _finished(self, job: _Job, outcome: JobOutcome) -> None:
+    def _finished(self, job: _Job, outcome: JobOutcome, worker: str | None) -> None:
         tail = outcome.output_tail
         if outcome.error_message and outcome.error_message not in tail:
             tail = (tail + ("\n" if tail else "") + outcome.error_message)[-TAIL_BYTES:]
@@ -231,6 +240,7 @@ class JobGlue:
             duration_s=duration,
             log_path=log_path,
             output_tail=tail,
+            worker=worker,
         )
         if outcome.error_message:
             fields["error"] = outcome.error_message
