@@ -175,14 +175,10 @@ def cmd_once(args: argparse.Namespace) -> int:
     scripts = [s for s in settings.scripts if not args.script or s.name in args.script]
     if not selected_wt:
         return _fail("no hypothesis to run (check worktrees.repo / paths / include)")
-    from .backends.base import BackendUnavailable
-
     progress = _once_progress(len(selected_wt) * len(scripts))
-    try:
-        work = run_once(settings, selected_wt, scripts, progress)
-        results, stopped_by = asyncio.run(_interruptible(work))
-    except BackendUnavailable as exc:
-        return _fail(str(exc))
+    # An unreachable cluster ([executor]) raises BackendUnavailable: main() prints it, exit 2.
+    work = run_once(settings, selected_wt, scripts, progress)
+    results, stopped_by = asyncio.run(_interruptible(work))
     if stopped_by is not None:
         name = signal.Signals(stopped_by).name
         return _fail(f"stopped by {name}; its jobs were killed", 128 + stopped_by)
