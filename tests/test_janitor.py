@@ -178,7 +178,8 @@ HARNESS = textwrap.dedent(
     async def main():
         mode, work = sys.argv[1], Path(sys.argv[2])
         report = {"subreaper": janitor.become_subreaper()}
-        env = {"PATH": os.environ["PATH"], "CLEAR": "1" if mode == "unmarked" else "0",
+        unmarked = mode.startswith("unmarked")
+        env = {"PATH": os.environ["PATH"], "CLEAR": "1" if unmarked else "0",
                "WAIT_EXIT": "1" if mode == "zombie" else "0"}
         cmd = ["true"] if mode == "zombie" else []
         spec = JobSpec(argv=(sys.executable, "escape.py", *cmd), cwd=work, env=env,
@@ -189,6 +190,25 @@ HARNESS = textwrap.dedent(
                       alive_after_job=running(escapee))
         if mode == "unmarked":
             report["unattributed"] = janitor.kill_unattributed(runner.job_leaders())
+            report["alive_after_shutdown_sweep"] = running(escapee)
+        if mode == "unmarked-on-loop":
+            busy = await janitor.sweep_unattributed(runner.job_leaders, lambda: False)
+            report["swept_while_busy"] = busy
+            report["alive_after_busy_sweep"] = running(escapee)
+            ticks = [0]
+
+            async def tick():
+                while True:
+                    ticks[0] += 1
+                    await asyncio.sleep(0)
+
+            ticker = asyncio.create_task(tick())
+            await asyncio.sleep(0)
+            before = ticks[0]
+            report["unattributed"] = await janitor.sweep_unattributed(
+                runner.job_leaders, lambda: True)
+            report["loop_ran_during_sweep"] = ticks[0] > before
+            ticker.cancel()
             report["alive_after_shutdown_sweep"] = running(escapee)
         if mode == "zombie":
             deadline = time.monotonic() + 20
@@ -235,6 +255,20 @@ def test_unmarked_escapee_is_left_to_the_shutdown_sweep(tmp_path: Path) -> None:
     assert report["result"] == "pass"
     assert report["alive_after_job"] is True
     assert report["escapee"] in report["unattributed"]  # type: ignore[operator]
+    assert report["alive_after_shutdown_sweep"] is False
+
+
+def test_shutdown_sweep_on_the_loop_lets_the_loop_run(tmp_path: Path) -> None:
+    """The daemon's variant awaits between passes (the loop keeps serving while a killed
+    escapee dies), and stops as soon as a job runs again (a leader mid-spawn is our child
+    too and must never be taken for a leftover)."""
+    report = run_harness(tmp_path, "unmarked-on-loop")
+    assert report["result"] == "pass"
+    assert report["alive_after_job"] is True
+    assert report["swept_while_busy"] == []
+    assert report["alive_after_busy_sweep"] is True
+    assert report["escapee"] in report["unattributed"]  # type: ignore[operator]
+    assert report["loop_ran_during_sweep"] is True
     assert report["alive_after_shutdown_sweep"] is False
 
 

@@ -20,8 +20,9 @@ session created inside a job descends from that job: signalling it is safe.
 
 Unmarked escapees (they cleared their environment *and* left the job's session) cannot be
 attributed to one job. As a subreaper we still hold them as children: ``kill_unattributed``
-kills every adopted, non-leader child; the daemon calls it at shutdown, when every job has
-ended, so nothing of ours outlives the daemon. Without subreaper they are not found.
+(``sweep_unattributed`` on the event loop) kills every adopted, non-leader child; the
+daemon runs it whenever no job runs and at shutdown, when every job has ended, so nothing
+of ours outlives the daemon. Without subreaper they are not found.
 
 Nothing here ever reaps a pid that is not ours to reap: ``waitpid`` is only called on a
 specific pid that ``/proc`` shows as our child and that is not in ``known`` (the job leaders
@@ -47,6 +48,8 @@ PR_GET_CHILD_SUBREAPER = 37
 _PROC = "/proc"
 _subreaper: bool | None = None  # cached answer of PR_GET_CHILD_SUBREAPER
 _children_file_ok: bool | None = None  # does this kernel provide task/<tid>/children?
+# Between passes of kill_unattributed: a SIGKILLed process is normally gone by then.
+_UNATTRIBUTED_PAUSE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -460,19 +463,50 @@ def kill_unattributed(known: Collection[int], *, deadline_s: float = 2.0) -> lis
     Used once all jobs have ended: anything still reparented to us then is a leftover of
     some job, marked or not. A caller with running jobs must not call it. Loops because
     killing one reparents its children to us. Our own session (the daemon's helpers) is
-    left alone.
+    left alone. Blocks up to ``deadline_s``: on an event loop use ``sweep_unattributed``.
     """
     own_session = os.getsid(0)
     killed: list[int] = []
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        left = [st for st in _stats(adopted_children(known)) if st.session != own_session]
-        if not left:
+        if not _kill_unattributed_once(known, own_session, killed):
             break
-        for st in left:
-            if st.state != "Z" and _signal(st.pid, signal.SIGKILL):
-                killed.append(st.pid)
-        for st in left:
-            _try_reap(st.pid)
-        time.sleep(0.005)
+        time.sleep(_UNATTRIBUTED_PAUSE_S)
     return sorted(set(killed))
+
+
+async def sweep_unattributed(
+    known: Callable[[], Collection[int]],
+    still_idle: Callable[[], bool],
+    *,
+    deadline_s: float = 2.0,
+) -> list[int]:
+    """``kill_unattributed`` for the event loop: it awaits between passes, never sleeps.
+
+    Each pass runs without an await and only while ``still_idle()`` holds (no job
+    running, so no leader mid-spawn that could be taken for a leftover): a job started
+    meanwhile ends the sweep, and the next idle sweep resumes it. ``known`` is called on
+    every pass, like ``sweep_adopted``'s.
+    """
+    own_session = os.getsid(0)
+    killed: list[int] = []
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and still_idle():
+        if not _kill_unattributed_once(known(), own_session, killed):
+            break
+        await asyncio.sleep(_UNATTRIBUTED_PAUSE_S)
+    return sorted(set(killed))
+
+
+def _kill_unattributed_once(known: Collection[int], own_session: int, killed: list[int]) -> bool:
+    """One pass: SIGKILL (adding to ``killed``) and try to reap every adopted child outside
+    our session that is not in ``known``; False when there was none left."""
+    left = [st for st in _stats(adopted_children(known)) if st.session != own_session]
+    if not left:
+        return False
+    for st in left:
+        if st.state != "Z" and _signal(st.pid, signal.SIGKILL):
+            killed.append(st.pid)
+    for st in left:
+        _try_reap(st.pid)
+    return True

@@ -305,7 +305,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         reap_orphan_zombies()
-        self._kill_leftovers("shutdown")
+        await self._kill_leftovers("shutdown")
         self.board.set_daemon_state(DAEMON_STOPPED)
         self.status.flush()
         self.status.close()
@@ -420,20 +420,20 @@ class Daemon:
         while True:
             await asyncio.sleep(REAP_EVERY_S)
             reap_orphan_zombies()
-            self._kill_leftovers("idle")
+            await self._kill_leftovers("idle")
 
-    def _kill_leftovers(self, when: str) -> None:
+    async def _kill_leftovers(self, when: str) -> None:
         """Kill adopted children that no job accounts for, once no job runs.
 
         An escapee that both cleared its environment (no PO_JOB_ID marker) and left its
         job's session cannot be attributed to a job, so no job's sweep kills it; but as
         subreaper we still hold it as a child. With nothing running (checked without an
-        await before the kill, so no leader can be mid-spawn) every such child is a
-        leftover. The daemon's own helpers (git) share its session and are spared.
+        await before each pass of the kill, so no leader can be mid-spawn) every such child
+        is a leftover. The daemon's own helpers (git) share its session and are spared.
         """
         if self.scheduler.running or not janitor.is_subreaper():
             return
-        killed = janitor.kill_unattributed(job_leaders())
+        killed = await janitor.sweep_unattributed(job_leaders, lambda: not self.scheduler.running)
         if killed:
             self.log.warning("escapees_killed", pids=killed, when=when)
 
