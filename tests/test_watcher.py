@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from watchfiles import Change
 
 from parallel_orchestrator.watch.watcher import Chunk, Watcher, step_for, undecodable_path
 
@@ -90,6 +91,44 @@ async def test_non_utf8_name_restarts_watcher_and_keeps_serving(watching) -> Non
     assert os.fsdecode(bad) in col.paths()  # the change itself was not lost
     (b / "after.py").write_text("still watching")
     await col.until(lambda: str(b / "after.py") in col.paths())
+
+
+async def test_changes_are_watchfiles_change_members(watching) -> None:
+    _w, col, a, _b = watching
+    (a / "new").mkdir()
+    (a / "new" / "inside.py").write_text("1")
+    await col.until(lambda: str(a / "new" / "inside.py") in col.paths())
+    changes = {c for chunk in col.chunks for c in chunk.changes}
+    assert all(type(change) is Change for change, _path in changes)
+    assert (Change.added, str(a / "new" / "inside.py")) in changes
+
+
+async def test_a_root_named_in_non_utf8_is_polled(tmp_path: Path) -> None:
+    """RustNotify cannot take such a root: it is stat-polled, with the same Change values."""
+    root = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"root\xff"))
+    os.mkdir(root)
+    kept = os.path.join(root, "kept.py")
+    with open(kept, "w") as f:
+        f.write("old")
+    col = Collector()
+    w = Watcher(asyncio.get_running_loop(), col.on_chunk, col.on_restart, step_ms=10)
+    w.set_paths([root])
+    w.start()
+    try:
+        assert await w.wait_armed(10)
+        added = os.path.join(root, "added.py")
+        with open(added, "w") as f:
+            f.write("x")
+        await col.until(lambda: added in col.paths())
+        os.unlink(kept)
+        await col.until(lambda: kept in col.paths())
+        changes = {c for chunk in col.chunks for c in chunk.changes}
+        assert (Change.added, added) in changes
+        assert (Change.deleted, kept) in changes
+        assert all(type(change) is Change for change, _path in changes)
+        assert col.restarts == []
+    finally:
+        await asyncio.to_thread(w.stop)
 
 
 async def test_rearm_on_new_paths(tmp_path: Path) -> None:
