@@ -155,6 +155,7 @@ def test_z_records_groups_porcelain_lines() -> None:
 
 def test_every_package_error_derives_from_the_one_root() -> None:
     """Seven roots became one: the CLI catches OrchestratorError once."""
+    from parallel_orchestrator.backends.hostlink import HostGone
     from parallel_orchestrator.commands.demo import DemoError
     from parallel_orchestrator.commands.initializer import InitError
     from parallel_orchestrator.jobs.tmpdirs import TempDirError
@@ -171,6 +172,7 @@ def test_every_package_error_derives_from_the_one_root() -> None:
     assert issubclass(WorktreeError, OrchestratorError)
     assert issubclass(ForeignStatusFile, OrchestratorError)
     assert issubclass(TempDirError, OrchestratorError)
+    assert issubclass(HostGone, OrchestratorError)
     assert issubclass(GlobError, ValueError)  # still what its callers catch
     assert ConfigError(["a: x", "b: y"]).lines == ["a: x", "b: y"]
     assert WorktreeError("one line").lines == ["one line"]

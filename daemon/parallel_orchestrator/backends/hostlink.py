@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import OrchestratorError
 from ..jobs.model import JobOutcome, JobSpec
 from . import hostwire
 
@@ -26,7 +27,7 @@ from . import hostwire
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
-class HostGone(Exception):
+class HostGone(OrchestratorError):
     """The job host exited (or could not start); its jobs ended with it."""
 
 
