@@ -1,0 +1,220 @@
+"""Per-worktree file digests, kept current from the watcher's change lists.
+
+A job's input key needs the content of every watched file of its worktree. Hashing the
+whole tree per job would cost a full read of it; instead each worktree keeps the digest
+of every file that some cached script watches, and the watcher's changed paths mark
+what to look at again: a one-file save costs one ``lstat`` and one file's hash.
+
+Each distinct ``watch`` glob set is a *view*: a running set hash of its files, the sum
+modulo 2**128 of one XXH3-128 per (path, kind, content digest). A change adjusts the sum
+by the old and new terms of the files it touched, so the view's digest never needs a
+pass over all files. (An additive set hash is only weak against someone *crafting*
+collisions; the inputs here are the user's own files.)
+
+Threading: ``mark_changed`` and ``invalidate`` run on the event loop and only touch a
+small set under a short lock; ``view_digest`` does all file system work, in a worker
+thread, one call per index at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xxhash
+
+from ..repo.pathglob import matches_any
+from .digests import FileDigest, digest_path
+from .listing import IgnoreRules, git_ignored, is_git_worktree, list_files
+
+MASK_128 = (1 << 128) - 1
+
+
+@dataclass
+class _View:
+    globs: tuple[str, ...]
+    total: int = 0
+    count: int = 0
+    unreadable: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ViewDigest:
+    """The content digest of one watch-glob set in one worktree.
+
+    ``value`` is None when some matched file could not be read (``problem`` names it):
+    the job's inputs are then unknown and it must run uncached.
+    """
+
+    value: bytes | None
+    files: int
+    problem: str = ""
+
+
+class WorktreeIndex:
+    """File digests of one worktree, for every glob set asked about so far."""
+
+    def __init__(self, root: Path, rules: IgnoreRules) -> None:
+        self.root = root
+        self.rules = rules
+        self._base = os.fsdecode(root)
+        self.files: dict[str, FileDigest] = {}
+        self._views: dict[tuple[str, ...], _View] = {}
+        self._built = False
+        self._pending: set[str] = set()
+        self._full = False
+        self._pending_lock = threading.Lock()
+        self._compute_lock = threading.Lock()
+        self.rehashed = 0  # files hashed so far: what the tests and benchmarks observe
+
+    # -- event loop side -------------------------------------------------------------
+    def mark_changed(self, relpaths: Iterable[str]) -> None:
+        """Look at these worktree-relative paths again before the next digest."""
+        with self._pending_lock:
+            self._pending.update(relpaths)
+
+    def invalidate(self) -> None:
+        """List the worktree anew before the next digest (ignore rules changed, or the
+        watcher may have missed changes); unchanged files are not rehashed."""
+        with self._pending_lock:
+            self._full = True
+
+    # -- worker thread side ----------------------------------------------------------
+    def view_digest(self, globs: tuple[str, ...]) -> ViewDigest:
+        """The digest of the files matched by ``globs``, after applying pending changes.
+
+        Blocking (file system and git): call it from a worker thread.
+        """
+        with self._compute_lock:
+            with self._pending_lock:
+                pending, self._pending = self._pending, set()
+                full, self._full = self._full, False
+            if globs not in self._views:
+                self._views[globs] = _View(globs)
+                full = True
+            if full or not self._built:
+                self._rescan()
+            else:
+                self._apply(pending)
+            view = self._views[globs]
+            if view.unreadable:
+                first = min(view.unreadable)
+                return ViewDigest(None, view.count, f"cannot read {first}")
+            return ViewDigest(view.total.to_bytes(16, "big"), view.count)
+
+    def _wanted(self, rel: str) -> bool:
+        return any(matches_any(rel, v.globs) for v in self._views.values())
+
+    def _rescan(self) -> None:
+        now = time.time_ns()
+        fresh: dict[str, FileDigest] = {}
+        for rel in list_files(self.root, self.rules):
+            if not self._wanted(rel):
+                continue
+            try:
+                st = os.lstat(os.path.join(self._base, rel))
+            except OSError:
+                continue  # listed by git, gone from disk
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            old = self.files.get(rel)
+            if old is not None and old.still_valid_for(st):
+                fresh[rel] = old
+            else:
+                fresh[rel] = digest_path(os.path.join(self._base, rel), st, now)
+                self.rehashed += 1
+        self.files = fresh
+        for view in self._views.values():
+            view.total, view.count, view.unreadable = 0, 0, set()
+            for rel, entry in fresh.items():
+                if matches_any(rel, view.globs):
+                    _add(view, rel, entry)
+        self._built = True
+
+    def _apply(self, pending: set[str]) -> None:
+        now = time.time_ns()
+        new_candidates: list[str] = []
+        for rel in sorted(pending):
+            if self.rules.filtered(rel):
+                continue
+            path = os.path.join(self._base, rel)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                self._forget_below(rel)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                # A folder moved in (or renamed): its files are new to us.
+                new_candidates.extend(f"{rel}/{sub}" for sub in _walk_files(path, rel, self.rules))
+                continue
+            old = self.files.get(rel)
+            if old is None:
+                new_candidates.append(rel)
+            elif not old.still_valid_for(st):
+                self._replace(rel, digest_path(path, st, now))
+        wanted = [r for r in new_candidates if r not in self.files and self._wanted(r)]
+        if wanted and self.rules.respect_gitignore and is_git_worktree(self.root):
+            ignored = git_ignored(self.root, wanted)
+            wanted = [r for r in wanted if r not in ignored]
+        for rel in wanted:
+            path = os.path.join(self._base, rel)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            self._replace(rel, digest_path(path, st, now))
+
+    def _replace(self, rel: str, entry: FileDigest | None) -> None:
+        old = self.files.pop(rel, None)
+        if entry is not None:
+            self.files[rel] = entry
+            self.rehashed += 1
+        for view in self._views.values():
+            if matches_any(rel, view.globs):
+                if old is not None:
+                    _remove(view, rel, old)
+                if entry is not None:
+                    _add(view, rel, entry)
+
+    def _forget_below(self, rel: str) -> None:
+        if rel in self.files:
+            self._replace(rel, None)
+            return
+        prefix = rel + "/"
+        for gone in [r for r in self.files if r.startswith(prefix)]:
+            self._replace(gone, None)
+
+
+def _walk_files(path: str, rel: str, rules: IgnoreRules) -> list[str]:
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        sub = os.path.relpath(dirpath, path)
+        prefix = "" if sub == "." else sub.replace(os.sep, "/") + "/"
+        dirnames[:] = [d for d in dirnames if not rules.filtered(f"{rel}/{prefix}{d}")]
+        out.extend(
+            prefix + name for name in filenames if not rules.filtered(f"{rel}/{prefix}{name}")
+        )
+    return out
+
+
+def _term(rel: str, entry: FileDigest) -> int:
+    data = os.fsencode(rel) + b"\0" + entry.kind.encode() + (entry.digest or b"?")
+    return xxhash.xxh3_128_intdigest(data)
+
+
+def _add(view: _View, rel: str, entry: FileDigest) -> None:
+    view.total = (view.total + _term(rel, entry)) & MASK_128
+    view.count += 1
+    if entry.digest is None:
+        view.unreadable.add(rel)
+
+
+def _remove(view: _View, rel: str, entry: FileDigest) -> None:
+    view.total = (view.total - _term(rel, entry)) & MASK_128
+    view.count -= 1
+    view.unreadable.discard(rel)
