@@ -154,3 +154,25 @@ def test_listing_matches_git_and_walk_agree_without_git(tmp_path: Path) -> None:
     walked = set(list_files(root, IgnoreRules(globs=("build", "*.log"), respect_gitignore=False)))
     assert walked == listed
     git(root, "status")  # the listing took no lock that would disturb the user's git
+
+
+def test_one_regex_per_view_matches_like_pathglob() -> None:
+    from parallel_orchestrator.cache.index import globs_regex
+    from parallel_orchestrator.repo.pathglob import matches_any
+
+    globs = ("**/*.py", "src/*.toml", "docs/**", "a?c/[!x]*.txt")
+    paths = [
+        "a.py",
+        "x/y/z.py",
+        "src/p.toml",
+        "src/q/p.toml",
+        "docs/a/b",
+        "abc/y.txt",
+        "abc/x.txt",
+        "README.md",
+        "docs",
+        "b.pyc",
+    ]
+    for pattern_set in (globs, globs[:1], (), globs[2:]):
+        rx = globs_regex(pattern_set)
+        assert [bool(rx.match(p)) for p in paths] == [matches_any(p, pattern_set) for p in paths]

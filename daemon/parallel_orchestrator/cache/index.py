@@ -19,6 +19,7 @@ thread, one call per index at a time.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 import time
@@ -28,16 +29,24 @@ from pathlib import Path
 
 import xxhash
 
-from ..repo.pathglob import matches_any
-from .digests import FileDigest, digest_path
+from ..repo.pathglob import compile_glob
+from .digests import FileDigest, digest_file
 from .listing import IgnoreRules, git_ignored, is_git_worktree, list_files
 
 MASK_128 = (1 << 128) - 1
 
 
+def globs_regex(globs: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex matching exactly what ``pathglob.matches_any(path, globs)`` matches."""
+    if not globs:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(f"(?:{compile_glob(g).pattern})" for g in globs), re.DOTALL)
+
+
 @dataclass
 class _View:
     globs: tuple[str, ...]
+    regex: re.Pattern[str]
     total: int = 0
     count: int = 0
     unreadable: set[str] = field(default_factory=set)
@@ -65,6 +74,7 @@ class WorktreeIndex:
         self._base = os.fsdecode(root)
         self.files: dict[str, FileDigest] = {}
         self._views: dict[tuple[str, ...], _View] = {}
+        self._wanted = globs_regex(())
         self._built = False
         self._pending: set[str] = set()
         self._full = False
@@ -95,7 +105,9 @@ class WorktreeIndex:
                 pending, self._pending = self._pending, set()
                 full, self._full = self._full, False
             if globs not in self._views:
-                self._views[globs] = _View(globs)
+                self._views[globs] = _View(globs, globs_regex(globs))
+                every = tuple(dict.fromkeys(g for v in self._views for g in v))
+                self._wanted = globs_regex(every)
                 full = True
             if full or not self._built:
                 self._rescan()
@@ -107,32 +119,34 @@ class WorktreeIndex:
                 return ViewDigest(None, view.count, f"cannot read {first}")
             return ViewDigest(view.total.to_bytes(16, "big"), view.count)
 
-    def _wanted(self, rel: str) -> bool:
-        return any(matches_any(rel, v.globs) for v in self._views.values())
-
     def _rescan(self) -> None:
+        """List the worktree; rehash only files whose signature does not prove them
+        unchanged (all of them on the first scan)."""
         now = time.time_ns()
-        fresh: dict[str, FileDigest] = {}
+        old_files, fresh = self.files, {}
+        wanted, base = self._wanted.match, self._base + "/"
         for rel in list_files(self.root, self.rules):
-            if not self._wanted(rel):
+            if not wanted(rel):
                 continue
-            try:
-                st = os.lstat(os.path.join(self._base, rel))
-            except OSError:
-                continue  # listed by git, gone from disk
-            if stat.S_ISDIR(st.st_mode):
-                continue
-            old = self.files.get(rel)
-            if old is not None and old.still_valid_for(st):
-                fresh[rel] = old
-            else:
-                fresh[rel] = digest_path(os.path.join(self._base, rel), st, now)
+            path = base + rel
+            old = old_files.get(rel)
+            if old is not None:
+                try:
+                    if old.still_valid_for(os.lstat(path)):
+                        fresh[rel] = old
+                        continue
+                except OSError:
+                    continue  # listed by git, gone from disk
+            entry = digest_file(path, now)
+            if entry is not None:
+                fresh[rel] = entry
                 self.rehashed += 1
         self.files = fresh
         for view in self._views.values():
             view.total, view.count, view.unreadable = 0, 0, set()
+            match = view.regex.match
             for rel, entry in fresh.items():
-                if matches_any(rel, view.globs):
+                if match(rel):
                     _add(view, rel, entry)
         self._built = True
 
@@ -156,18 +170,13 @@ class WorktreeIndex:
             if old is None:
                 new_candidates.append(rel)
             elif not old.still_valid_for(st):
-                self._replace(rel, digest_path(path, st, now))
-        wanted = [r for r in new_candidates if r not in self.files and self._wanted(r)]
+                self._replace(rel, digest_file(path, now))
+        wanted = [r for r in new_candidates if r not in self.files and self._wanted.match(r)]
         if wanted and self.rules.respect_gitignore and is_git_worktree(self.root):
             ignored = git_ignored(self.root, wanted)
             wanted = [r for r in wanted if r not in ignored]
         for rel in wanted:
-            path = os.path.join(self._base, rel)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            self._replace(rel, digest_path(path, st, now))
+            self._replace(rel, digest_file(os.path.join(self._base, rel), now))
 
     def _replace(self, rel: str, entry: FileDigest | None) -> None:
         old = self.files.pop(rel, None)
@@ -175,7 +184,7 @@ class WorktreeIndex:
             self.files[rel] = entry
             self.rehashed += 1
         for view in self._views.values():
-            if matches_any(rel, view.globs):
+            if view.regex.match(rel):
                 if old is not None:
                     _remove(view, rel, old)
                 if entry is not None:
