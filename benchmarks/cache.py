@@ -27,18 +27,15 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "daemon"))
-
-from parallel_orchestrator.cache.index import WorktreeIndex  # noqa: E402
-from parallel_orchestrator.cache.inputkey import input_key  # noqa: E402
-from parallel_orchestrator.cache.listing import IgnoreRules, list_files  # noqa: E402
-from parallel_orchestrator.repo.pathglob import matches_any  # noqa: E402
-from parallel_orchestrator.settings.loader import ScriptSettings  # noqa: E402
+from parallel_orchestrator.cache.index import WorktreeIndex
+from parallel_orchestrator.cache.inputkey import input_key
+from parallel_orchestrator.cache.listing import IgnoreRules, list_files
+from parallel_orchestrator.repo.pathglob import matches_any
+from parallel_orchestrator.settings.loader import ScriptSettings
 
 GIT_ENV = {
     **os.environ,
@@ -179,7 +176,7 @@ def main() -> int:
     if args.part in ("keys", "all"):
         part_keys(args.files, args.repeat)
     if args.part in ("real", "all"):
-        from cache_real import part_real  # noqa: PLC0415
+        from cache_real import part_real
 
         part_real()
     return 0
