@@ -1,0 +1,76 @@
+"""In-flight sharing and storing on real worktrees: one run per key, nothing stored for
+inputs that changed while the job ran."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from harness import make_repo
+from parallel_orchestrator.cache.listing import IgnoreRules
+from parallel_orchestrator.cache.reuse import ResultReuse
+from parallel_orchestrator.cache.store import CachedResult
+from parallel_orchestrator.settings.loader import ScriptSettings
+
+SCRIPT = ScriptSettings(name="tests", command=("true",), watch=("**/*.py",))
+RULES = IgnoreRules(globs=(), respect_gitignore=True)
+
+
+def result_of(key: str, hyp: str, result: str = "pass") -> CachedResult:
+    return CachedResult(key, "s-j1", hyp, "tests", result, 0, 0.5, "ok\n")
+
+
+async def test_four_identical_worktrees_share_one_run(tmp_path: Path) -> None:
+    _, trees = make_repo(tmp_path / "r", ("h1", "h2", "h3", "h4"))
+    reuse = ResultReuse(tmp_path / "state", RULES)
+    reuse.set_worktrees({h: trees[h] for h in ("h1", "h2", "h3", "h4")})
+    keys = [await reuse.key(h, SCRIPT) for h in ("h1", "h2", "h3", "h4")]
+    assert len(set(keys)) == 1 and keys[0] is not None
+    key = keys[0]
+    first = await reuse.share(key)
+    assert first == (None, True)  # the leader
+    waiters = [asyncio.ensure_future(reuse.share(key)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    log = tmp_path / "run.log"
+    log.write_bytes(b"full output\n")
+    await reuse.settle(key, "h1", SCRIPT, result_of(key, "h1"), log)
+    for waiter in waiters:
+        hit, leader = await waiter
+        assert not leader and hit is not None
+        assert (hit.entry.job_id, hit.log) == ("s-j1", b"full output\n")
+    later, leader = await ResultReuse(tmp_path / "state", RULES).share(key)  # a restart
+    assert later is not None and not leader
+
+
+async def test_inputs_changed_during_the_run_are_not_stored(tmp_path: Path) -> None:
+    _, trees = make_repo(tmp_path / "r", ("h1",))
+    reuse = ResultReuse(tmp_path / "state", RULES)
+    reuse.set_worktrees({"h1": trees["h1"]})
+    key = await reuse.key("h1", SCRIPT)
+    assert key is not None
+    assert await reuse.share(key) == (None, True)
+    waiter = asyncio.ensure_future(reuse.share(key))
+    await asyncio.sleep(0)  # the waiter joins the running job
+    (trees["h1"] / "src/app.py").write_text("VALUE = 2\n")  # edited while "running"
+    reuse.changed("h1", ["src/app.py"])
+    await reuse.settle(key, "h1", SCRIPT, result_of(key, "h1"), None)
+    assert await waiter == (None, False)  # the waiter runs on its own
+    assert reuse.store.keys() == []
+
+
+async def test_a_timeout_is_never_shared_or_stored(tmp_path: Path) -> None:
+    _, trees = make_repo(tmp_path / "r", ("h1",))
+    reuse = ResultReuse(tmp_path / "state", RULES, watched=False)
+    reuse.set_worktrees({"h1": trees["h1"]})
+    key = await reuse.key("h1", SCRIPT)
+    assert key is not None
+    assert await reuse.share(key) == (None, True)
+    waiter = asyncio.ensure_future(reuse.share(key))
+    await asyncio.sleep(0)  # the waiter joins the running job
+    await reuse.settle(key, "h1", SCRIPT, result_of(key, "h1", "timeout"), None)
+    assert await waiter == (None, False)
+    assert reuse.store.keys() == []
+    assert await reuse.share(key) == (None, True)
+    reuse.abandon(key)  # a cancelled leader lets the next one lead
+    assert await reuse.share(key) == (None, True)
