@@ -407,6 +407,7 @@ def test_bad_worktree_values(tmp_path: Path, snippet: str, expected: str) -> Non
         ("env = { A = 1 }", "scripts[0].env.A: expected a string, got 1"),
         ('env = "A=1"', 'scripts[0].env: expected a table of strings, got "A=1"'),
         ('cwd = "../up"', 'scripts[0].cwd: must stay inside the worktree, got "../up"'),
+        ('cache = "yes"', 'scripts[0].cache: expected true or false, got "yes"'),
         ('cwd = "a/../../up"', "scripts[0].cwd: must stay inside the worktree"),
         (
             'cwd = "/abs"',

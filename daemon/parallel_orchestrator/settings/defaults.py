@@ -54,6 +54,7 @@ SCRIPT_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "env": MappingProxyType({}),
         "cwd": "",
         "exclusive": False,
+        "cache": False,
     }
 )
 

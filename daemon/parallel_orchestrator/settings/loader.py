@@ -114,6 +114,7 @@ class ScriptSettings:
     env: dict[str, str] = field(default_factory=lambda: dict(_S["env"]))
     cwd: str = _S["cwd"]
     exclusive: bool = _S["exclusive"]  # its jobs never overlap in time, across hypotheses
+    cache: bool = _S["cache"]  # reuse a pass/fail of equal inputs (cache package)
 
 
 @dataclass(frozen=True)
@@ -551,7 +552,17 @@ _DAEMON_KEYS = (
     "port_range",
 )
 _WORKTREE_KEYS = ("repo", "paths", "include", "exclude", "ignore", "respect_gitignore")
-_SCRIPT_KEYS = ("name", "command", "watch", "timeout_s", "kill_grace_s", "env", "cwd", "exclusive")
+_SCRIPT_KEYS = (
+    "name",
+    "command",
+    "watch",
+    "timeout_s",
+    "kill_grace_s",
+    "env",
+    "cwd",
+    "exclusive",
+    "cache",
+)
 _NOTIFY_KEYS = ("command", "desktop")
 _EXECUTOR_KEYS = ("backend", "address")
 EXECUTOR_BACKENDS: tuple[str, ...] = ("local", "dask")
@@ -752,7 +763,8 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
     env = _env_table(table, k, errs)
     cwd = _script_cwd(table, k, errs)
     exclusive = _boolean(table, "exclusive", k, _S["exclusive"], errs)
-    if None in (name, command, watch, timeout_s, kill_grace_s, env, cwd, exclusive):
+    cache = _boolean(table, "cache", k, _S["cache"], errs)
+    if None in (name, command, watch, timeout_s, kill_grace_s, env, cwd, exclusive, cache):
         return None
     return ScriptSettings(
         name=cast(str, name),
@@ -763,6 +775,7 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
         env=cast(dict, env),
         cwd=cast(str, cwd),
         exclusive=cast(bool, exclusive),
+        cache=cast(bool, cache),
     )
 
 
