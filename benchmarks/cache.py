@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from parallel_orchestrator.cache.index import WorktreeIndex
+from parallel_orchestrator.cache.index import FileDigestIndex
 from parallel_orchestrator.cache.inputkey import input_key
 from parallel_orchestrator.cache.listing import IgnoreRules, list_files
 from parallel_orchestrator.repo.pathglob import matches_any
@@ -66,12 +66,12 @@ def make_worktree(root: Path, n: int) -> Path:
     return wt
 
 
-def key_now(index: WorktreeIndex) -> str | None:
+def key_now(index: FileDigestIndex) -> str | None:
     return input_key(SCRIPT, index.view_digest(SCRIPT.watch))
 
 
 def bench_incremental(wt: Path, saves: int) -> list[float]:
-    index = WorktreeIndex(wt, RULES)
+    index = FileDigestIndex(wt, RULES)
     key_now(index)
     files = sorted(r for r in list_files(wt, RULES) if matches_any(r, SCRIPT.watch))
     rng = random.Random(7)
@@ -93,7 +93,7 @@ def bench_cold(wt: Path, repeat: int) -> tuple[list[float], list[float], int]:
     ours, git = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        index = WorktreeIndex(wt, RULES)
+        index = FileDigestIndex(wt, RULES)
         key_now(index)
         ours.append(time.perf_counter() - t0)
         assert index.rehashed == len(files), (index.rehashed, len(files))

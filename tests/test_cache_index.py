@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from harness import git, make_repo
-from parallel_orchestrator.cache.index import WorktreeIndex
+from parallel_orchestrator.cache.index import FileDigestIndex
 from parallel_orchestrator.cache.inputkey import input_key
 from parallel_orchestrator.cache.listing import IgnoreRules, list_files
 from parallel_orchestrator.settings.loader import ScriptSettings
@@ -17,7 +17,7 @@ SCRIPT = ScriptSettings(name="tests", command=("python", "-m", "pytest", "{workt
 RULES = IgnoreRules(globs=(), respect_gitignore=True)
 
 
-def key_of(index: WorktreeIndex, script: ScriptSettings = SCRIPT) -> str | None:
+def key_of(index: FileDigestIndex, script: ScriptSettings = SCRIPT) -> str | None:
     return input_key(script, index.view_digest(script.watch))
 
 
@@ -36,7 +36,7 @@ FILES = {
 
 def test_identical_worktrees_have_equal_keys_and_content_decides(tmp_path: Path) -> None:
     trees = repo_with(tmp_path, FILES)
-    a, b = WorktreeIndex(trees["hyp-1"], RULES), WorktreeIndex(trees["hyp-2"], RULES)
+    a, b = FileDigestIndex(trees["hyp-1"], RULES), FileDigestIndex(trees["hyp-2"], RULES)
     assert key_of(a) == key_of(b) is not None
     before = key_of(a)
     app = trees["hyp-1"] / "src/app.py"
@@ -56,7 +56,7 @@ def test_identical_worktrees_have_equal_keys_and_content_decides(tmp_path: Path)
 def test_unwatched_and_ignored_files_do_not_count(tmp_path: Path) -> None:
     trees = repo_with(tmp_path, FILES)
     root = trees["hyp-1"]
-    index = WorktreeIndex(root, IgnoreRules(globs=("vendor",), respect_gitignore=True))
+    index = FileDigestIndex(root, IgnoreRules(globs=("vendor",), respect_gitignore=True))
     before = key_of(index)
     (root / "README.md").write_text("other\n")  # not matched by **/*.py
     (root / "build").mkdir()
@@ -71,14 +71,14 @@ def test_unwatched_and_ignored_files_do_not_count(tmp_path: Path) -> None:
     index.mark_changed(["src/new.py"])
     with_new = key_of(index)
     assert with_new != before
-    fresh = WorktreeIndex(root, index.rules)
+    fresh = FileDigestIndex(root, index.rules)
     assert key_of(fresh) == with_new
 
 
 def test_one_change_rehashes_one_file(tmp_path: Path) -> None:
     files = {f"pkg/m{i}.py": f"v = {i}\n" for i in range(200)}
     trees = repo_with(tmp_path, files, hyps=("hyp-1",))
-    index = WorktreeIndex(trees["hyp-1"], RULES)
+    index = FileDigestIndex(trees["hyp-1"], RULES)
     key_of(index)
     assert index.rehashed == 200
     (trees["hyp-1"] / "pkg/m7.py").write_text("v = 'changed'\n")
@@ -90,13 +90,13 @@ def test_one_change_rehashes_one_file(tmp_path: Path) -> None:
 def test_deletions_renames_and_folder_moves(tmp_path: Path) -> None:
     trees = repo_with(tmp_path, {"a/x.py": "1\n", "a/y.py": "2\n", "b.py": "3\n"}, ("h",))
     root = trees["h"]
-    index = WorktreeIndex(root, RULES)
+    index = FileDigestIndex(root, RULES)
     start = key_of(index)
     shutil.move(root / "a", tmp_path / "elsewhere")  # a folder moved out: one event
     index.mark_changed(["a"])
     gone = key_of(index)
     assert gone != start
-    assert gone == key_of(WorktreeIndex(root, RULES))
+    assert gone == key_of(FileDigestIndex(root, RULES))
     shutil.move(tmp_path / "elsewhere", root / "a")  # and back in: again one event
     index.mark_changed(["a"])
     assert key_of(index) == start
@@ -104,7 +104,7 @@ def test_deletions_renames_and_folder_moves(tmp_path: Path) -> None:
 
 def test_settings_are_part_of_the_key_but_not_the_hypothesis(tmp_path: Path) -> None:
     trees = repo_with(tmp_path, FILES)
-    index = WorktreeIndex(trees["hyp-1"], RULES)
+    index = FileDigestIndex(trees["hyp-1"], RULES)
     base = key_of(index)
     variants = [
         ScriptSettings(name="tests", command=("python", "-m", "pytest"), watch=PY),
@@ -121,7 +121,7 @@ def test_settings_are_part_of_the_key_but_not_the_hypothesis(tmp_path: Path) -> 
 def test_fifo_symlink_and_unreadable_files(tmp_path: Path) -> None:
     trees = repo_with(tmp_path, {"a.py": "1\n"}, ("h",))
     root = trees["h"]
-    index = WorktreeIndex(root, RULES)
+    index = FileDigestIndex(root, RULES)
     start = key_of(index)
     os.mkfifo(root / "pipe.py")  # never opened: reading a FIFO would block
     index.mark_changed(["pipe.py"])

@@ -65,7 +65,7 @@ class ViewDigest:
     problem: str = ""
 
 
-class WorktreeIndex:
+class FileDigestIndex:
     """File digests of one worktree, for every glob set asked about so far."""
 
     def __init__(self, root: Path, rules: IgnoreRules) -> None:

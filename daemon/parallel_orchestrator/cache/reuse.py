@@ -1,6 +1,6 @@
 """The daemon's side of result reuse: keys per job, lookups, storing, in-flight sharing.
 
-One ``ResultReuse`` per daemon. It keeps a ``WorktreeIndex`` per hypothesis (fed by the
+One ``ResultReuse`` per daemon. It keeps a ``FileDigestIndex`` per hypothesis (fed by the
 watcher's changed paths), the ``ResultStore`` under ``<state_dir>/cache/`` and one future
 per key whose job is running, so that four fresh worktrees of one commit start one
 process and three waits.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..report.eventlog import get_logger
-from .index import WorktreeIndex
+from .index import FileDigestIndex
 from .inputkey import input_key
 from .listing import IgnoreRules, ListingError
 from .store import REUSABLE, CachedResult, ResultStore
@@ -48,7 +48,7 @@ class ResultReuse:
         self.watched = watched
         self.log = get_logger()
         self.store = ResultStore(state_dir / CACHE_DIR, on_problem=self._entry_problem)
-        self._indexes: dict[str, WorktreeIndex] = {}
+        self._indexes: dict[str, FileDigestIndex] = {}
         self._inflight: dict[str, asyncio.Future[Hit | None]] = {}
 
     # -- worktrees and changes (event loop, cheap) -----------------------------------
@@ -59,7 +59,7 @@ class ResultReuse:
                 del self._indexes[hyp]
         for hyp, path in paths.items():
             if hyp not in self._indexes:
-                self._indexes[hyp] = WorktreeIndex(path, self.rules)
+                self._indexes[hyp] = FileDigestIndex(path, self.rules)
 
     def set_rules(self, rules: IgnoreRules, state_dir: Path) -> None:
         if rules != self.rules:
