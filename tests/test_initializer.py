@@ -333,3 +333,23 @@ def test_group_writable_folder_is_reported(tmp_path: Path) -> None:
     result = init_config(repo, shared / "po.toml")
     assert result.path.exists()
     assert any("group/others" in w for w in result.warnings)
+
+
+def test_pytest_testmon_in_the_environment_is_proposed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path, {"tests/test_thing.py": "def test_x(): pass\n"})
+    plain = scripts_by_name(propose_config(repo))["tests"]
+    assert "--testmon" not in plain["command"]
+    # A package named testmon importable by the interpreter the command runs: what an
+    # installed pytest-testmon looks like to the probe.
+    site = tmp_path / "site"
+    (site / "testmon").mkdir(parents=True)
+    (site / "testmon" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", os.fsdecode(site))
+    proposal = propose_config(repo)
+    tests = scripts_by_name(proposal)["tests"]
+    assert tests["command"][1:] == ["-m", "pytest", "-q", "--testmon"]
+    assert ".testmondata*" in proposal["worktrees"]["ignore"]
+    text = render_config(proposal, make_header(repo, []))
+    assert "--testmon" in text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import textwrap
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,9 @@ FALSIFICATION_DIR = ".falsification"
 _NODE_IGNORE = ("node_modules", "/dist", "/build", "/coverage")
 _CARGO_IGNORE = ("/target",)
 _BROAD_IGNORE = ("__pycache__", ".pytest_cache", "*.pyc", "*.o", "/build", "/dist")
+# pytest-testmon's database (and its SQLite journal files) change on every run.
+_TESTMON_IGNORE = (".testmondata*",)
+_PROBE_TIMEOUT_S = 20.0
 
 
 class InitError(OrchestratorError):
@@ -192,7 +196,29 @@ def _detect_pytest(repo: Path, notes: list[str]) -> _Detected | None:
         "command": [python, "-m", "pytest", "-q"],
         "watch": watch,
     }
-    return _Detected(script, (), f"tests: pytest project ({', '.join(reasons)})")
+    note = f"tests: pytest project ({', '.join(reasons)})"
+    if _has_module(python, "testmon", repo):
+        script["command"].append("--testmon")
+        note += "; pytest-testmon is installed: --testmon runs only the tests a change affects"
+        return _Detected(script, _TESTMON_IGNORE, note)
+    return _Detected(script, (), note)
+
+
+def _has_module(python: str, module: str, cwd: Path) -> bool:
+    """Whether ``python`` (the interpreter the proposed command runs) can import
+    ``module``: asked of that interpreter, since the project's environment is its own."""
+    probe = f"import importlib.util,sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 1)"
+    try:
+        proc = subprocess.run(
+            [python, "-c", probe],
+            cwd=cwd,
+            capture_output=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
 
 
 def _detect_npm(repo: Path, notes: list[str]) -> _Detected | None:
