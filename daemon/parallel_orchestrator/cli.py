@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this script (repeatable)",
     )
     once.add_argument("--json", action="store_true", help="machine-readable output")
+    once.add_argument(
+        "--no-cache", action="store_true", help="run every job, even where a result is cached"
+    )
 
     st = sub.add_parser("status", help="show the daemon's status file")
     src = st.add_mutually_exclusive_group()
@@ -177,7 +180,7 @@ def cmd_once(args: argparse.Namespace) -> int:
         return _fail("no hypothesis to run (check worktrees.repo / paths / include)")
     progress = _once_progress(len(selected_wt) * len(scripts))
     # An unreachable cluster ([executor]) raises BackendUnavailable: main() prints it, exit 2.
-    work = run_once(settings, selected_wt, scripts, progress)
+    work = run_once(settings, selected_wt, scripts, progress, use_cache=not args.no_cache)
     results, stopped_by = asyncio.run(_interruptible(work))
     if stopped_by is not None:
         name = signal.Signals(stopped_by).name

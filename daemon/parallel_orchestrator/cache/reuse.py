@@ -174,3 +174,20 @@ def _read_log(path: Path | None) -> bytes | None:
             return f.read()
     except OSError:
         return None
+
+
+def write_reused_log(path: Path, hit: Hit) -> None:
+    """Give the reusing job its own run log: a copy of the original's (0600), with a first
+    line saying whose it is. Raises OSError."""
+    head = f"[parallel-orchestrator] cached: output of job {hit.entry.job_id}\n".encode()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(head + (hit.log or b""))
+
+
+def rules_for(settings: Any) -> IgnoreRules:
+    """The ignore rules of a ``Settings``' worktrees section."""
+    w = settings.worktrees
+    return IgnoreRules(globs=tuple(w.ignore), respect_gitignore=bool(w.respect_gitignore))

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import JobBackend, open_backend
+from ..cache.reuse import Hit, ResultReuse, rules_for, write_reused_log
+from ..cache.store import CachedResult
 from ..jobs.runner import JobOutcome, install_child_watcher
 from ..jobs.spec import make_spec, prepare_run_files, prune_runs
 from ..repo.worktrees import Worktree
@@ -31,9 +33,12 @@ class OnceResult:
     job_id: str
     outcome: JobOutcome
     log_path: Path | None
+    cache: bool = False  # the script has ``cache = true``: the dict says whether reused
+    cached_from: str | None = None  # the job whose result was reused
 
     def to_dict(self) -> dict[str, Any]:
         o = self.outcome
+        cached = {"cached": self.cached_from is not None, "cached_from": self.cached_from}
         return {
             "hypothesis": self.hypothesis,
             "script": self.script,
@@ -44,6 +49,7 @@ class OnceResult:
             "log_path": None if self.log_path is None else os.fsdecode(self.log_path),
             "output_tail": o.output_tail,
             "error": o.error_message or None,
+            **(cached if self.cache else {}),
         }
 
 
@@ -52,18 +58,29 @@ async def run_once(
     worktrees: list[Worktree],
     scripts: list[ScriptSettings],
     progress: OnceProgress | None = None,
+    *,
+    use_cache: bool = True,
 ) -> list[OnceResult]:
     """Results in (hypothesis, script) order, whatever order they finished in;
     ``progress`` hears of every job's start and end.
+
+    Scripts with ``cache = true`` reuse stored results of equal inputs and share one run
+    among jobs with equal inputs (``use_cache=False``: ``--no-cache``, run everything).
 
     Raises BackendUnavailable when ``[executor]`` names a cluster that cannot be reached.
     """
     install_child_watcher()
     backend = open_backend(settings.executor.backend, settings.executor.address)
     await backend.start()
+    reuse = None
+    if use_cache and any(s.cache for s in scripts):
+        reuse = ResultReuse(settings.daemon.state_dir, rules_for(settings), watched=False)
+        reuse.set_worktrees({wt.id: wt.path for wt in worktrees})
     try:
-        return await _run_all(settings, worktrees, scripts, backend, progress)
+        return await _run_all(settings, worktrees, scripts, backend, progress, reuse)
     finally:
+        if reuse is not None:
+            reuse.close()
         await backend.close()
 
 
@@ -73,6 +90,7 @@ async def _run_all(
     scripts: list[ScriptSettings],
     backend: JobBackend,
     progress: OnceProgress | None,
+    reuse: ResultReuse | None,
 ) -> list[OnceResult]:
     session = secrets.token_hex(3)
     limit = asyncio.Semaphore(settings.daemon.max_concurrency or await backend.slots())
@@ -83,6 +101,52 @@ async def _run_all(
 
     async def one(index: int, wt: Worktree, script: ScriptSettings) -> OnceResult:
         job_id = f"{session}-once{index}"
+        if reuse is None or not script.cache:
+            return await run(job_id, wt, script)
+        key = await reuse.key(wt.id, script)
+        if key is None:
+            return await run(job_id, wt, script)
+        hit, leader = await reuse.share(key.value)
+        if hit is not None:
+            return reused(hit, job_id, wt, script)
+        try:
+            done = await run(job_id, wt, script)
+        except BaseException:
+            if leader:
+                reuse.abandon(key.value)
+            raise
+        o = done.outcome
+        entry = CachedResult(
+            key.value,
+            job_id,
+            wt.id,
+            script.name,
+            o.result,
+            o.exit_code,
+            o.duration_s,
+            o.output_tail,
+        )
+        await reuse.settle(key, wt.id, script, entry, done.log_path)
+        return done
+
+    def reused(hit: Hit, job_id: str, wt: Worktree, script: ScriptSettings) -> OnceResult:
+        e = hit.entry
+        log_path: Path | None = None
+        with contextlib.suppress(OSError):  # the log is a copy; the result stands without it
+            log_path = prepare_run_files(runs_dir, wt.id, script.name, job_id, ()).log
+            write_reused_log(log_path, hit)
+        outcome = JobOutcome(
+            result=e.result,
+            exit_code=e.exit_code,
+            duration_s=e.duration_s,
+            output_tail=e.output_tail,
+        )
+        if progress is not None:
+            progress.job_started()
+            progress.job_finished(outcome.result)
+        return OnceResult(wt.id, script.name, job_id, outcome, log_path, True, e.job_id)
+
+    async def run(job_id: str, wt: Worktree, script: ScriptSettings) -> OnceResult:
         turn = exclusive.get(script.name) or contextlib.nullcontext()
         async with turn, limit:
             try:
@@ -106,7 +170,7 @@ async def _run_all(
                 # pruning is housekeeping; a failure must not cost the result
                 with contextlib.suppress(OSError):
                     prune_runs(files.log.parent, settings.daemon.keep_runs)
-        return OnceResult(wt.id, script.name, job_id, outcome, spec.log_path)
+        return OnceResult(wt.id, script.name, job_id, outcome, spec.log_path, script.cache)
 
     ticker = asyncio.ensure_future(progress.tick()) if progress is not None else None
     try:
@@ -136,6 +200,8 @@ def render_results(results: list[OnceResult]) -> str:
                 continue
             o = r.outcome
             text = f"{o.result.upper()} {o.duration_s:.1f}s"
+            if r.cached_from is not None:
+                text += " (cached)"
             if o.result == FAIL and o.exit_code is not None:
                 text += f" (exit {o.exit_code})"
             row.append(text)
