@@ -379,3 +379,12 @@ def test_watch_returns_on_ctrl_c(tmp_path: Path) -> None:
     watch_status(path, out, color=False, interval_s=60.0)  # returns instead of raising
     sender.join(timeout=20)
     assert out.getvalue().endswith("\n")
+
+
+def test_a_reused_result_is_marked_cached() -> None:
+    doc = make_doc()
+    cell = doc["hypotheses"]["main"]["scripts"]["lint"]
+    cell.update(cached=True, cached_from="abc-j1")
+    cells = table_cells(render_table(doc, now=NOW))
+    assert cells[("main", "lint")] == "✗ fail 0.4s cached 5s ago"
+    assert cells[("main", "tests")] == "✓ pass 1.2s 3m ago"  # cached absent: unchanged

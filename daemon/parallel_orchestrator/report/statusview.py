@@ -320,6 +320,8 @@ def _cell(entry: Mapping[str, Any], now: float, level: int, ascii_only: bool) ->
             duration = entry.get("duration_s")
             if isinstance(duration, int | float) and not isinstance(duration, bool):
                 parts.append(format_duration(float(duration)))
+            if entry.get("cached") is True:
+                parts.append("cached")  # reused from cached_from, no process ran
             finished = parse_timestamp(entry.get("finished_at"))
             if level == 0 and finished is not None:
                 parts.append(format_ago(now - finished))
