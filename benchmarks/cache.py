@@ -13,7 +13,7 @@ Part ``keys`` (a synthetic git worktree of N source files, 0.1-40 KB, in 50 fold
   alternating, medians (both read from a warm page cache). Goal: ratio <= 1.0.
 * the hash choice: XXH3-128 vs BLAKE3 (and SHA-1, git's) over the same file contents.
 
-Part ``real`` (needs the daemon's ``cache`` key): four fresh worktrees of one commit of a
+Part ``real``: four fresh worktrees of one commit of a
 real project's test suite (more-itertools' sdist, fetched with pip), the real daemon run
 with ``run_on_start``; wall time from start to all four verdicts, with and without
 ``cache = true``.
@@ -36,6 +36,7 @@ from parallel_orchestrator.cache.inputkey import input_key
 from parallel_orchestrator.cache.listing import IgnoreRules, list_files
 from parallel_orchestrator.repo.pathglob import matches_any
 from parallel_orchestrator.settings.loader import ScriptSettings
+from realproject import Daemon, daemon_doc, fetch_project, git
 
 GIT_ENV = {
     **os.environ,
@@ -167,18 +168,70 @@ def part_keys(n: int, repeat: int) -> None:
         )
 
 
+def fresh_worktrees(src: Path, root: Path, n: int) -> Path:
+    """A clone of ``src`` with ``n - 1`` linked worktrees: ``n`` hypotheses of one commit."""
+    repo = root / "repo"
+    git(root, "clone", "-q", os.fsdecode(src), os.fsdecode(repo))
+    for i in range(1, n):
+        git(repo, "worktree", "add", "-q", "-b", f"hyp-{i}", os.fsdecode(root / f"hyp-{i}"))
+    return repo
+
+
+def part_real(work: Path | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="po-cache-real-") as tmp:
+        src, python = fetch_project(work or Path(tmp) / "work")
+        walls = {}
+        for cache in (False, True):
+            root = Path(tmp) / f"cache-{cache}"
+            root.mkdir()
+            repo = fresh_worktrees(src, root, 4)
+            script = {
+                "name": "tests",
+                "command": [os.fsdecode(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                "watch": ["**/*.py"],
+                "timeout_s": 1800,
+                "cache": cache,
+            }
+            t0 = time.time()
+            daemon = Daemon(root / "daemon", daemon_doc(repo, [script], run_on_start=True))
+            try:
+                done = daemon.wait(
+                    lambda d=daemon: (
+                        len(d.events("job_finished")) >= 4 and d.events("job_finished")
+                    ),
+                    3600,
+                    "four verdicts",
+                )
+            finally:
+                daemon.stop()
+            last = max(_stamp(e) for e in done)
+            walls[cache] = last - t0
+            ran = len(daemon.events("job_started"))
+            results = sorted(e["result"] for e in done)
+            print(
+                f"4 fresh worktrees, cache = {str(cache).lower()}: all verdicts in "
+                f"{walls[cache]:.1f} s, {ran} processes started, results {results}"
+            )
+        print(f"time to all verdicts with cache: {walls[True] / walls[False]:.2f}x without")
+
+
+def _stamp(event: dict) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--part", choices=("keys", "real", "all"), default="keys")
+    ap.add_argument("--work", type=Path, default=None, help="keep the real project's download here")
     args = ap.parse_args()
     if args.part in ("keys", "all"):
         part_keys(args.files, args.repeat)
     if args.part in ("real", "all"):
-        from cache_real import part_real
-
-        part_real()
+        part_real(args.work)
     return 0
 
 
