@@ -23,6 +23,7 @@ import re
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from .digests import FileDigest, digest_file
 from .listing import IgnoreRules, git_ignored, is_git_worktree, list_files
 
 MASK_128 = (1 << 128) - 1
+RECENT_MARKS = 4096  # change marks kept for ``changed_during``; older ones: "changed"
+EVERYTHING = ""  # a mark that may touch any file (an invalidation)
 
 
 def globs_regex(globs: tuple[str, ...]) -> re.Pattern[str]:
@@ -63,6 +66,7 @@ class ViewDigest:
     value: bytes | None
     files: int
     problem: str = ""
+    seq: int = 0  # the last change mark this digest includes (see ``changed_during``)
 
 
 class FileDigestIndex:
@@ -77,22 +81,37 @@ class FileDigestIndex:
         self._wanted = globs_regex(())
         self._built = False
         self._pending: set[str] = set()
+        self._tracking = False  # changes are kept from the first digest on
         self._full = False
+        self._seq = 0  # change marks so far
+        self._recent: deque[tuple[int, float, tuple[str, ...]]] = deque(maxlen=RECENT_MARKS)
         self._pending_lock = threading.Lock()
         self._compute_lock = threading.Lock()
         self.rehashed = 0  # files hashed so far: what the tests and benchmarks observe
 
     # -- event loop side -------------------------------------------------------------
-    def mark_changed(self, relpaths: Iterable[str]) -> None:
-        """Look at these worktree-relative paths again before the next digest."""
+    def mark_changed(self, relpaths: Iterable[str], when: float | None = None) -> None:
+        """Look at these worktree-relative paths again before the next digest; ``when``
+        (``time.monotonic()``) is when they changed, as far as the watcher knows.
+
+        Before the first digest was asked for, nothing is kept: it lists everything."""
+        rels = tuple(relpaths)
         with self._pending_lock:
-            self._pending.update(relpaths)
+            if self._tracking and rels:
+                self._pending.update(rels)
+                self._note(rels, when)
 
     def invalidate(self) -> None:
         """List the worktree anew before the next digest (ignore rules changed, or the
         watcher may have missed changes); unchanged files are not rehashed."""
         with self._pending_lock:
             self._full = True
+            if self._tracking:
+                self._note((EVERYTHING,), None)
+
+    def _note(self, rels: tuple[str, ...], when: float | None) -> None:
+        self._seq += 1
+        self._recent.append((self._seq, time.monotonic() if when is None else when, rels))
 
     # -- worker thread side ----------------------------------------------------------
     def view_digest(self, globs: tuple[str, ...]) -> ViewDigest:
@@ -102,8 +121,10 @@ class FileDigestIndex:
         """
         with self._compute_lock:
             with self._pending_lock:
+                self._tracking = True
                 pending, self._pending = self._pending, set()
                 full, self._full = self._full, False
+                seq = self._seq
             if globs not in self._views:
                 self._views[globs] = _View(globs, globs_regex(globs))
                 every = tuple(dict.fromkeys(g for v in self._views for g in v))
@@ -116,8 +137,33 @@ class FileDigestIndex:
             view = self._views[globs]
             if view.unreadable:
                 first = min(view.unreadable)
-                return ViewDigest(None, view.count, f"cannot read {first}")
-            return ViewDigest(view.total.to_bytes(16, "big"), view.count)
+                return ViewDigest(None, view.count, f"cannot read {first}", seq)
+            return ViewDigest(view.total.to_bytes(16, "big"), view.count, seq=seq)
+
+    def changed_during(self, globs: tuple[str, ...], after_seq: int, until: float) -> bool:
+        """Whether a file of ``globs``' view changed at or before ``until`` (monotonic)
+        but was reported after the digest that included mark ``after_seq``: a job keyed
+        by that digest may then have seen other content than its key says. Changes made
+        after ``until`` (the job's end) do not count. Blocking: from a worker thread."""
+        with self._pending_lock:
+            marks = [m for m in self._recent if m[0] > after_seq]
+            lost = bool(self._recent) and self._recent[0][0] > after_seq + 1
+        if lost:
+            return True  # the marks in question are no longer kept
+        view = self._views.get(globs)
+        if view is None:
+            return True
+        with self._compute_lock:
+            for _, when, rels in marks:
+                if when > until:
+                    continue
+                for rel in rels:
+                    if rel == EVERYTHING or view.regex.match(rel):
+                        return True
+                    prefix = rel + "/"
+                    if any(f.startswith(prefix) for f in self.files):
+                        return True  # a folder holding watched files
+        return False
 
     def _rescan(self) -> None:
         """List the worktree; rehash only files whose signature does not prove them

@@ -1,22 +1,29 @@
 """The daemon's side of result reuse: keys per job, lookups, storing, in-flight sharing.
 
-One ``ResultReuse`` per daemon. It keeps a ``FileDigestIndex`` per hypothesis (fed by the
-watcher's changed paths), the ``ResultStore`` under ``<state_dir>/cache/`` and one future
-per key whose job is running, so that four fresh worktrees of one commit start one
-process and three waits.
+One ``ResultReuse`` per daemon (and one per ``once``). It keeps a ``FileDigestIndex`` per
+hypothesis (fed by the watcher's changed paths), the ``ResultStore`` under
+``<state_dir>/cache/`` and one future per key whose job is running, so that four fresh
+worktrees of one commit start one process and three waits.
 
-A result is stored only when it is the result *of that key*: after the job, once the
-watcher has had time to report what changed meanwhile (``SETTLE_S``), the key is
-computed again; a file edited while the job ran makes it differ and nothing is stored
-(a later job with the old inputs must not get a result computed partly from new ones).
-Every blocking step (hashing, git, disk) runs in a worker thread.
+A result is stored only when it is the result *of that key*: no watched file of the
+job's worktree may have changed between the key's computation and the job's end. The
+watcher reports a change a little after it happens, so the check waits ``SETTLE_S``
+after the job; then the key computed anew must be the same (a touch or a save of the
+same bytes changes nothing), or else every change reported since the key must have
+been made after the job ended (the next save), as far as the watcher's timestamps tell;
+within ``MARGIN_S`` of the end it counts as during the job. (A file changed *and
+changed back* while the job ran goes unnoticed, as by any build cache that hashes
+inputs.) Without a watcher (``once``) the worktree is listed again and the key must come
+out the same. Every blocking step (hashing, git, disk) runs on one worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +36,19 @@ from .store import REUSABLE, CachedResult, ResultStore
 
 CACHE_DIR = "cache"
 # How long after a job ends the watcher may still be delivering changes made before the
-# end (its step, at most 50 ms, plus a chunk): a key recomputed after this sees them.
+# end (its step, at most 50 ms, plus a chunk and the loop's latency).
 SETTLE_S = 0.25
+# The watcher dates a chunk's changes from its step; a change stamped up to this long
+# after the job's end may still have been made before it: counted as during the job.
+MARGIN_S = 0.05
+
+
+@dataclass(frozen=True)
+class JobKey:
+    """A job's input key, and the index change mark its digest included."""
+
+    value: str
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,15 @@ class ResultReuse:
         self.store = ResultStore(state_dir / CACHE_DIR, on_problem=self._entry_problem)
         self._indexes: dict[str, FileDigestIndex] = {}
         self._inflight: dict[str, asyncio.Future[Hit | None]] = {}
+        self._settling: set[asyncio.Task[None]] = set()
+        # One worker thread of its own: hashing and git stay off the loop without growing
+        # the loop's default executor (each index serialises its own work anyway).
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="po-cache")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- worktrees and changes (event loop, cheap) -----------------------------------
     def set_worktrees(self, paths: Mapping[str, Path]) -> None:
@@ -69,10 +96,11 @@ class ResultReuse:
             self.set_worktrees(roots)
         self.store.dir = state_dir / CACHE_DIR
 
-    def changed(self, hyp: str, relpaths: set[str] | list[str]) -> None:
+    def changed(self, hyp: str, relpaths: set[str] | list[str], when: float | None = None) -> None:
+        """Paths of ``hyp`` the watcher saw change at ``when`` (monotonic)."""
         index = self._indexes.get(hyp)
         if index is not None:
-            index.mark_changed(relpaths)
+            index.mark_changed(relpaths, when)
 
     def invalidate(self, hyp: str | None = None) -> None:
         """Relist (a .gitignore changed in ``hyp``, or the watcher may have missed
@@ -82,13 +110,13 @@ class ResultReuse:
                 index.invalidate()
 
     # -- keys and lookups --------------------------------------------------------------
-    async def key(self, hyp: str, script: Any) -> str | None:
+    async def key(self, hyp: str, script: Any) -> JobKey | None:
         """The job's input key; None (and a warning) when its inputs cannot be known."""
         index = self._indexes.get(hyp)
         if index is None:
             return None
         try:
-            view = await asyncio.to_thread(index.view_digest, tuple(script.watch))
+            view = await self._blocking(index.view_digest, tuple(script.watch))
         except (ListingError, OSError) as exc:
             self.log.warning(
                 "cache_key_unavailable", hypothesis=hyp, script=script.name, error=str(exc)
@@ -99,11 +127,16 @@ class ResultReuse:
             self.log.warning(
                 "cache_key_unavailable", hypothesis=hyp, script=script.name, error=view.problem
             )
-        return key
+            return None
+        return JobKey(key, view.seq)
 
     async def lookup(self, key: str) -> Hit | None:
-        found = await asyncio.to_thread(self.store.get, key)
+        found = await self._blocking(self.store.get, key)
         return None if found is None else Hit(*found)
+
+    def running(self, key: str) -> bool:
+        """Whether a job with this key runs now (a job asking ``share`` would wait)."""
+        return key in self._inflight
 
     async def share(self, key: str) -> tuple[Hit | None, bool]:
         """``(hit, leader)``: a stored result, else the result of the running job with
@@ -127,40 +160,93 @@ class ResultReuse:
         if running is not None and not running.done():
             running.set_result(None)
 
+    # -- storing -----------------------------------------------------------------------
     async def settle(
-        self, key: str, hyp: str, script: Any, entry: CachedResult, log_path: Path | None
+        self,
+        key: JobKey,
+        hyp: str,
+        script: Any,
+        entry: CachedResult,
+        log_path: Path | None,
+        ended: float | None = None,
     ) -> None:
-        """Store ``entry`` (and hand it to waiters) if the inputs are still ``key``'s.
-
-        Always resolves the in-flight future, also when cancelled (shutdown)."""
+        """Store ``entry`` (and hand it to waiters) if the job's inputs were ``key``'s
+        until ``ended`` (monotonic; default now). Always resolves the in-flight future,
+        also when cancelled (shutdown)."""
+        ended = time.monotonic() if ended is None else ended
         hit: Hit | None = None
         try:
-            if entry.result in REUSABLE:
-                if self.watched:
-                    await asyncio.sleep(SETTLE_S)
-                else:
-                    self.invalidate(hyp)
-                if await self.key(hyp, script) == key:
-                    log = await asyncio.to_thread(_read_log, log_path)
-                    hit = Hit(entry, log)
-                    try:
-                        await asyncio.to_thread(self.store.put, entry, log)
-                    except OSError as exc:
-                        self.log.warning(
-                            "cache_write_failed", path=os.fsdecode(self.store.dir), error=str(exc)
-                        )
-                else:
-                    self.log.info(
-                        "cache_not_stored",
-                        hypothesis=hyp,
-                        script=script.name,
-                        job_id=entry.job_id,
-                        reason="inputs changed while the job ran",
-                    )
+            if entry.result not in REUSABLE:
+                return
+            if not await self._unchanged(key, hyp, script, ended):
+                self.log.info(
+                    "cache_not_stored",
+                    hypothesis=hyp,
+                    script=script.name,
+                    job_id=entry.job_id,
+                    reason="inputs changed while the job ran",
+                )
+                return
+            log = await self._blocking(_read_log, log_path)
+            hit = Hit(entry, log)
+            try:
+                await self._blocking(self.store.put, entry, log)
+            except OSError as exc:
+                self.log.warning(
+                    "cache_write_failed", path=os.fsdecode(self.store.dir), error=str(exc)
+                )
         finally:
-            running = self._inflight.pop(key, None)
+            running = self._inflight.pop(key.value, None)
             if running is not None and not running.done():
                 running.set_result(hit)
+
+    async def _unchanged(self, key: JobKey, hyp: str, script: Any, ended: float) -> bool:
+        index = self._indexes.get(hyp)
+        if index is None:
+            return False
+        if not self.watched:
+            index.invalidate()
+            again = await self.key(hyp, script)
+            return again is not None and again.value == key.value
+        await asyncio.sleep(SETTLE_S)
+        again = await self.key(hyp, script)
+        if again is not None and again.value == key.value:
+            return True  # whatever was reported (a touch, a save of the same bytes)
+        # Changed since: fine if every change came after the job's end (the next save).
+        globs = tuple(script.watch)
+        changed = await self._blocking(index.changed_during, globs, key.seq, ended + MARGIN_S)
+        return not changed
+
+    def settle_later(
+        self,
+        key: JobKey,
+        hyp: str,
+        script: Any,
+        entry: CachedResult,
+        log_path: Path | None,
+        ended: float,
+    ) -> None:
+        """``settle`` as a task of its own: the job is over once its verdict is logged, so
+        a newer change of the same cell (``on_busy = "restart"``) must not cancel the
+        storing; equal jobs arriving meanwhile wait for it as for a running job."""
+        task = asyncio.get_running_loop().create_task(
+            self.settle(key, hyp, script, entry, log_path, ended)
+        )
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def aclose(self) -> None:
+        """Shutdown: cancel pending stores (their waiters get None), free the thread."""
+        for task in list(self._settling):
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)
+        self.close()
+
+    def close(self) -> None:
+        """Let the worker thread go (a scan in progress finishes first)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     def _entry_problem(self, path: Path, error: str) -> None:
         self.log.warning("cache_entry_unreadable", path=os.fsdecode(path), error=error)

@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import __version__
 from ..backends.base import BackendUnavailable, open_backend
+from ..cache.reuse import ResultReuse, rules_for
 from ..errors import OrchestratorError
 from ..jobs import janitor, ledger
 from ..jobs.runner import install_child_watcher, job_leaders, reap_orphan_zombies
@@ -139,6 +140,7 @@ class Daemon:
             sink=self.notifier,
             before_write=self._refine_daemon_state,
         )
+        self.reuse = ResultReuse(d.state_dir, rules_for(settings))
         self.intake = ChangeIntake(
             debounce_s=d.debounce_ms / 1000,
             max_wait_s=d.max_batch_wait_ms / 1000,
@@ -150,6 +152,7 @@ class Daemon:
             respect_gitignore=lambda: self.settings.worktrees.respect_gitignore,
             rediscover=self._rediscover_requested.set,
             log=lambda: self.log,
+            observer=self.reuse,
         )
         self.batcher = self.intake.batcher
         self.ledger = ledger.Ledger(d.state_dir / "jobs")
@@ -169,6 +172,7 @@ class Daemon:
             env=self.env,
             jobs_ledger=self.ledger,
             backend=self.backend,
+            reuse=self.reuse,
         )
         self.scheduler = Scheduler(
             self.jobs.run,
@@ -310,6 +314,7 @@ class Daemon:
         self.status.flush()
         self.status.close()
         self.notifier.close()
+        await self.reuse.aclose()
         self.log.info("daemon_stopped", reason=reason)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -362,6 +367,7 @@ class Daemon:
                 self._log_worktree(
                     "worktree_branch_changed", new[hyp], previous_branch=old[hyp].branch
                 )
+        self.reuse.set_worktrees({wt.id: wt.path for wt in new.values()})
         self.index, problems = index_worktrees(new.values())
         for hyp, error in problems:
             self.log.warning("git_dir_unknown", hypothesis=hyp, error=error)
@@ -440,6 +446,7 @@ class Daemon:
     # == changes ==========================================================================
     def _on_watcher_restart(self, reason: str) -> None:
         self.log.warning("watcher_restarted", reason=reason)
+        self.reuse.invalidate()  # changes may have been missed: relist before the next key
 
     def _dispatch_batch(self, batch: Batch) -> None:
         if dispatch_batch(
@@ -489,6 +496,7 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.set_step(step_for(d.debounce_ms, self.env))
         self.intake.set_ignore(new.worktrees.ignore)
+        self.reuse.set_rules(rules_for(new), d.state_dir)
         self.scheduler.set_limits(self._concurrency(new), *self._policy(new))
         if new.executor != old.executor:
             self.log.warning("executor_change_needs_restart", kept=old.executor.backend)

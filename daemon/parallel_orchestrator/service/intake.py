@@ -17,7 +17,7 @@ import asyncio
 import os
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..pipeline.batcher import Batch, Batcher
 from ..repo.filters import (
@@ -28,6 +28,14 @@ from ..repo.filters import (
 )
 from ..repo.worktreeindex import WorktreeIndex
 from ..watch.watcher import Chunk
+
+
+class ChangeObserver(Protocol):
+    """Told of every classified change before it is batched (the result cache's digests)."""
+
+    def changed(self, hyp: str, relpaths: set[str], when: float) -> None: ...
+
+    def invalidate(self, hyp: str | None = None) -> None: ...
 
 
 class ChangeIntake:
@@ -52,7 +60,9 @@ class ChangeIntake:
         respect_gitignore: Callable[[], bool],
         rediscover: Callable[[], None],
         log: Callable[[], Any],
+        observer: ChangeObserver | None = None,
     ) -> None:
+        self._observer = observer
         self.batcher = Batcher(
             debounce_s, max_wait_s, self.is_locked, id_prefix=batch_id_prefix, exists=self.exists
         )
@@ -95,11 +105,15 @@ class ChangeIntake:
             self.batcher.lock_released(hyp)
         for hyp in seen.gitignore_touched:
             self.gitignore_changed(hyp)
+            if self._observer is not None:
+                self._observer.invalidate(hyp)
         if seen.rediscover:
             self._rediscover()
         if seen.lock_event:
             self.arm(force=True)
         for hyp, rels in seen.changed.items():
+            if self._observer is not None:  # before any job can start on these changes
+                self._observer.changed(hyp, rels, chunk.first)
             self.add(hyp, rels, chunk.first, chunk.last, seen.created.get(hyp, set()))
         if seen.changed:
             self.arm()

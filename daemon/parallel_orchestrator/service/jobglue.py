@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..backends.base import JobBackend, LocalBackend
+from ..cache.reuse import Hit, JobKey, ResultReuse, write_reused_log
+from ..cache.store import CachedResult
 from ..jobs import ledger
 from ..jobs.model import JobOutcome
 from ..jobs.spec import RunFiles, make_spec, prepare_run_files, prune_runs
@@ -32,6 +34,14 @@ from ..settings.loader import ScriptSettings, Settings
 from ..states import CANCELLED, ERROR, OUTPUT_TAIL_BYTES, PASS, RUNNING
 
 TAIL_BYTES = OUTPUT_TAIL_BYTES
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    """A cached script's job: its input key, and whether it runs for the others."""
+
+    key: JobKey
+    leader: bool
 
 
 @dataclass(frozen=True)
@@ -73,9 +83,11 @@ class JobGlue:
         env: dict[str, str],
         jobs_ledger: ledger.Ledger,
         backend: JobBackend | None = None,
+        reuse: ResultReuse | None = None,
     ) -> None:
         self._ledger = jobs_ledger
         self._backend: JobBackend = backend or LocalBackend()
+        self._reuse = reuse
         self._session = session
         self._settings = settings
         self._worktree = worktree
@@ -107,6 +119,24 @@ class JobGlue:
         if wt is None or script is None:
             return
         job_id = self._next_job_id()
+        ticket = await self._share(req, wt, script, job_id)
+        if ticket is False:
+            return  # reused: recorded as finished, no process
+        try:
+            await self._run(req, wt, script, job_id, ticket or None)
+        except BaseException:
+            if ticket and ticket.leader and self._reuse is not None:
+                self._reuse.abandon(ticket.key.value)  # cancelled or crashed: waiters run
+            raise
+
+    async def _run(
+        self,
+        req: JobRequest,
+        wt: Worktree,
+        script: ScriptSettings,
+        job_id: str,
+        ticket: _Ticket | None,
+    ) -> None:
         files = self._run_files(wt, script, job_id, req.changed)
         spec = make_spec(
             wt, script, batch_id=req.batch_id, job_id=job_id, files=files, base_env=self._env
@@ -148,14 +178,95 @@ class JobGlue:
                 finished_at=time.time(),
             )
         finally:
+            ended = time.monotonic()
             try:
                 self._ledger.remove(job.job_id)
             except OSError as exc:
                 self._ledger_failed(exc)
-        self._finished(job, outcome, worker_box[0] if worker_box else None)
+        worker = worker_box[0] if worker_box else None
+        self._finished(job, outcome, worker, cached_from="" if ticket else None)
         self._prune(job)
         if cancelled:
             raise asyncio.CancelledError
+        if ticket is not None and self._reuse is not None:
+            entry = CachedResult(
+                ticket.key.value,
+                job_id,
+                wt.id,
+                script.name,
+                outcome.result,
+                outcome.exit_code,
+                outcome.duration_s,
+                outcome.output_tail,
+            )
+            self._reuse.settle_later(ticket.key, wt.id, script, entry, job.log_path, ended)
+
+    async def _share(
+        self, req: JobRequest, wt: Worktree, script: ScriptSettings, job_id: str
+    ) -> _Ticket | Literal[False] | None:
+        """For a ``cache = true`` script: reuse a stored or running equal job's result
+        (False: done, recorded), else the ticket to run with (None: not cached)."""
+        if self._reuse is None or not script.cache:
+            return None
+        try:
+            key = await self._reuse.key(wt.id, script)
+            if key is None:
+                return None
+            if self._reuse.running(key.value):
+                self._log().info(
+                    "job_waiting",
+                    batch_id=req.batch_id,
+                    hypothesis=wt.id,
+                    script=script.name,
+                    reason="an equal job is running",
+                )
+            hit, leader = await self._reuse.share(key.value)
+        except asyncio.CancelledError:
+            # Cancelled before anything ran (a newer change, shutdown): as a dropped request.
+            if self._board.mark_dropped(wt.id, script.name):
+                self._writer.write()
+            self._log().info(
+                "job_dropped",
+                batch_id=req.batch_id,
+                hypothesis=wt.id,
+                script=script.name,
+                reason="cancelled",
+            )
+            raise
+        if hit is None:
+            return _Ticket(key, leader)
+        self._reused(req, wt, script, job_id, hit)
+        return False
+
+    def _reused(
+        self, req: JobRequest, wt: Worktree, script: ScriptSettings, job_id: str, hit: Hit
+    ) -> None:
+        """Record ``hit`` as this job's result: its own run log (a copy), status, log line."""
+        files = self._run_files(wt, script, job_id, req.changed)
+        log_path = files.log if files is not None else None
+        if log_path is not None:
+            try:
+                write_reused_log(log_path, hit)
+            except OSError as exc:
+                self._log().warning(
+                    "run_log_unavailable",
+                    hypothesis=wt.id,
+                    script=script.name,
+                    path=os.fsdecode(log_path),
+                    error=str(exc),
+                )
+                log_path = None
+        e = hit.entry
+        outcome = JobOutcome(
+            result=e.result,
+            exit_code=e.exit_code,
+            duration_s=e.duration_s,
+            output_tail=e.output_tail,
+            finished_at=time.time(),
+        )
+        job = _Job(req, wt, script, job_id, log_path, [])
+        self._finished(job, outcome, None, cached_from=e.job_id)
+        self._prune(job)
 
     def _run_files(
         self, wt: Worktree, script: ScriptSettings, job_id: str, changed: set[str]
@@ -213,7 +324,11 @@ class JobGlue:
             "job_started", **job.fields(), pid=pid, command=list(job.argv), worker=worker
         )
 
-    def _finished(self, job: _Job, outcome: JobOutcome, worker: str | None) -> None:
+    def _finished(
+        self, job: _Job, outcome: JobOutcome, worker: str | None, cached_from: str | None = None
+    ) -> None:
+        """``cached_from``: None for a script without ``cache = true`` (no cache keys),
+        "" for a job that ran, else the id of the job whose result it reused."""
         tail = outcome.output_tail
         if outcome.error_message and outcome.error_message not in tail:
             tail = (tail + ("\n" if tail else "") + outcome.error_message)[-TAIL_BYTES:]
@@ -233,6 +348,16 @@ class JobGlue:
             log_path=log_path,
             output_tail=tail,
         )
+        reuse = (
+            {}
+            if cached_from is None
+            else {"cached": bool(cached_from), "cached_from": cached_from or None}
+        )
+        self._board.update(job.wt.id, job.script.name, **reuse)
+        cell = self._board.cell(job.wt.id, job.script.name)
+        if cell is not None and cached_from is None:  # cache turned off since: no stale keys
+            cell.pop("cached", None)
+            cell.pop("cached_from", None)
         fields: dict[str, Any] = dict(
             job.fields(),
             result=outcome.result,
@@ -241,6 +366,7 @@ class JobGlue:
             log_path=log_path,
             output_tail=tail,
             worker=worker,
+            **reuse,
         )
         if outcome.error_message:
             fields["error"] = outcome.error_message
