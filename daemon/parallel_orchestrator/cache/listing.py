@@ -12,13 +12,12 @@ Single new paths are checked with ``git check-ignore``, the watcher's own oracle
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..repo.filters import GitInternalsFilter, GlobIgnoreFilter
-from ..repo.worktrees import GIT_TIMEOUT_S, git_command, git_env
+from ..repo.git import GitError, GitResult, run_git, split_z
 
 
 class ListingError(RuntimeError):
@@ -46,18 +45,11 @@ class IgnoreRules:
 _GIT_INTERNALS = GitInternalsFilter()
 
 
-def _git(root: Path, args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def _git(root: Path, args: list[str], stdin: bytes | None = None) -> GitResult:
     try:
-        return subprocess.run(
-            git_command(root, *args),
-            input=stdin,
-            capture_output=True,
-            env=git_env(),
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ListingError(f"git {args[0]} in {root}: {exc}") from exc
+        return run_git(root, *args, input=stdin)
+    except GitError as exc:
+        raise ListingError(str(exc)) from exc
 
 
 def is_git_worktree(root: Path) -> bool:
@@ -73,17 +65,11 @@ def list_files(root: Path, rules: IgnoreRules) -> list[str]:
 
 def _git_listing(root: Path, rules: IgnoreRules) -> list[str]:
     proc = _git(root, ["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
-    if proc.returncode != 0:
-        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise ListingError(
-            f"git ls-files in {root} failed (exit {proc.returncode})"
-            + (f": {detail[-1]}" if detail else "")
-        )
+    if not proc.ok:
+        raise ListingError(f"git ls-files in {root}: {proc.said()}")
     out: list[str] = []
     seen: set[str] = set()
-    for raw in proc.stdout.split(b"\0"):
-        if not raw:
-            continue
+    for raw in split_z(proc.stdout):
         rel = os.fsdecode(raw)
         if rel in seen or rules.filtered(rel.rstrip("/")):
             continue  # --cached lists a file once per unmerged stage
@@ -128,9 +114,5 @@ def git_ignored(root: Path, relpaths: Iterable[str]) -> set[str]:
     payload = b"".join(os.fsencode(p) + b"\0" for p in paths)
     proc = _git(root, ["check-ignore", "--stdin", "-z"], stdin=payload)
     if proc.returncode not in (0, 1):
-        detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise ListingError(
-            f"git check-ignore in {root} failed (exit {proc.returncode})"
-            + (f": {detail[-1]}" if detail else "")
-        )
-    return {os.fsdecode(p) for p in proc.stdout.split(b"\0") if p}
+        raise ListingError(f"git check-ignore in {root}: {proc.said()}")
+    return {os.fsdecode(p) for p in split_z(proc.stdout)}

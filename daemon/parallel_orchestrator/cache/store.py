@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,8 +25,8 @@ from typing import Any
 
 import xxhash
 
-from ..report.status import write_atomic
-from ..store.folders import make_dirs
+from ..store.atomic import write_atomic
+from ..store.safe_open import NotRegularFile, read_regular
 
 ENTRY_FORMAT = 1
 MAX_ENTRIES = 500
@@ -115,12 +114,11 @@ class ResultStore:
         if entry.result not in REUSABLE:
             raise ValueError(f"only pass/fail results are reusable, not {entry.result!r}")
         doc_path = self._doc_path(entry.key)
-        make_dirs(self.dir, 0o700)
         doc: dict[str, Any] = {"format": ENTRY_FORMAT, **asdict(entry), "log": None}
         if log is not None and len(log) <= MAX_LOG_BYTES:
-            write_atomic(self.dir / f"{entry.key}.log", log, mode=0o600)
+            write_atomic(self.dir / f"{entry.key}.log", log, mode=0o600, dir_mode=0o700)
             doc["log"] = {"size": len(log), "xxh3_128": xxhash.xxh3_128_hexdigest(log)}
-        write_atomic(doc_path, json.dumps(doc).encode(), mode=0o600)
+        write_atomic(doc_path, json.dumps(doc).encode(), mode=0o600, dir_mode=0o700)
         self.prune()
 
     def prune(self) -> None:
@@ -202,28 +200,19 @@ def _str(doc: dict[str, Any], name: str) -> str:
 
 
 def _read_regular(path: Path, limit: int) -> bytes | str | None:
-    """The bytes of a regular file; a problem as a string; None when there is no file."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    """The bytes of a regular file (never through a symlink, never blocking on a FIFO); a
+    problem as a string; None when there is no file."""
     try:
-        fd = os.open(path, flags)
+        data = read_regular(path, limit + 1)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        return f"cannot open: {exc.strerror or exc}"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return "not a regular file"
-        if st.st_size > limit:
-            return f"larger than {limit} bytes"
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+    except NotRegularFile:
+        return "not a regular file"
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
-    finally:
-        os.close(fd)
+    if len(data) > limit:
+        return f"larger than {limit} bytes"
+    return data
 
 
 def _size(path: Path) -> int:
