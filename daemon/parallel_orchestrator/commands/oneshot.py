@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from ..backends.base import JobBackend, open_backend
 from ..jobs.runner import JobOutcome, install_child_watcher
 from ..jobs.spec import make_spec, prepare_run_files, prune_runs
 from ..repo.worktrees import Worktree
+from ..report.junit import TestReport
 from ..report.safetext import block, one_line
+from ..report.testcollect import collect_tests
 from ..settings.loader import ScriptSettings, Settings
 from ..states import FAIL, PASS
 from .onceprogress import OnceProgress
@@ -31,6 +34,8 @@ class OnceResult:
     job_id: str
     outcome: JobOutcome
     log_path: Path | None
+    tests: TestReport | None = None
+    junit_problems: tuple[str, ...] = ()  # "path: error" of each unreadable report
 
     def to_dict(self) -> dict[str, Any]:
         o = self.outcome
@@ -44,6 +49,7 @@ class OnceResult:
             "log_path": None if self.log_path is None else os.fsdecode(self.log_path),
             "output_tail": o.output_tail,
             "error": o.error_message or None,
+            "tests": self.tests.event_summary() if self.tests is not None else None,
         }
 
 
@@ -99,14 +105,21 @@ async def _run_all(
             )
             if progress is not None:
                 progress.job_started()
+            started = time.time()
             outcome = await backend.run(spec)
+            found = await asyncio.to_thread(
+                collect_tests, files.junit if files else None, wt.path, script.junit, started
+            )
             if progress is not None:
                 progress.job_finished(outcome.result)
             if files is not None:
                 # pruning is housekeeping; a failure must not cost the result
                 with contextlib.suppress(OSError):
                     prune_runs(files.log.parent, settings.daemon.keep_runs)
-        return OnceResult(wt.id, script.name, job_id, outcome, spec.log_path)
+        problems = tuple(str(p) for p in found.problems)
+        return OnceResult(
+            wt.id, script.name, job_id, outcome, spec.log_path, found.report, problems
+        )
 
     ticker = asyncio.ensure_future(progress.tick()) if progress is not None else None
     try:
@@ -136,6 +149,9 @@ def render_results(results: list[OnceResult]) -> str:
                 continue
             o = r.outcome
             text = f"{o.result.upper()} {o.duration_s:.1f}s"
+            if r.tests is not None:
+                counts = r.tests.counts()
+                text += f" {counts['passed']}/{counts['total']} tests"
             if o.result == FAIL and o.exit_code is not None:
                 text += f" (exit {o.exit_code})"
             row.append(text)
@@ -149,6 +165,8 @@ def render_results(results: list[OnceResult]) -> str:
     lines.append("")
     lines.append(f"{passed}/{len(results)} passed")
     for r in results:
+        for problem in r.junit_problems:
+            lines.append(f"{r.hypothesis}/{r.script}: junit report unreadable: {one_line(problem)}")
         if r.outcome.result != PASS:
             lines.extend(_failure_report(r))
     return "\n".join(lines)
@@ -169,7 +187,7 @@ def _failure_report(r: OnceResult) -> list[str]:
         lines = [f"{name}: log {one_line(os.fsdecode(r.log_path))}"]
     else:
         lines = [f"{name}: {r.outcome.result}"]
-    failing = _failing_tests(getattr(r, "tests", None))
+    failing = _failing_tests(r.tests.event_summary() if r.tests is not None else None)
     if failing:
         lines.append(f"  failing tests: {', '.join(one_line(t) for t in failing)}")
     tail = block(r.outcome.output_tail).rstrip("\n").splitlines()[-TAIL_LINES:]

@@ -26,8 +26,16 @@ from ..jobs.model import JobOutcome
 from ..jobs.spec import RunFiles, make_spec, prepare_run_files, prune_runs
 from ..pipeline.scheduler import JobRequest, SchedulerHooks
 from ..repo.worktrees import Worktree
+from ..report.junit import TestReport
 from ..report.status import StatusBoard, iso
 from ..report.statuswriter import StatusWriter
+from ..report.testcollect import (
+    CollectedTests,
+    collect_tests,
+    describe_problems,
+    needs_reading,
+    record_results,
+)
 from ..settings.loader import ScriptSettings, Settings
 from ..states import CANCELLED, ERROR, OUTPUT_TAIL_BYTES, PASS, RUNNING
 
@@ -152,7 +160,8 @@ class JobGlue:
                 self._ledger.remove(job.job_id)
             except OSError as exc:
                 self._ledger_failed(exc)
-        self._finished(job, outcome, worker_box[0] if worker_box else None)
+        tests = None if cancelled else await self._read_tests(job, files, started_wall)
+        self._finished(job, outcome, worker_box[0] if worker_box else None, tests)
         self._prune(job)
         if cancelled:
             raise asyncio.CancelledError
@@ -213,7 +222,42 @@ class JobGlue:
             "job_started", **job.fields(), pid=pid, command=list(job.argv), worker=worker
         )
 
-    def _finished(self, job: _Job, outcome: JobOutcome, worker: str | None) -> None:
+    async def _read_tests(
+        self, job: _Job, files: RunFiles | None, started_wall: float
+    ) -> TestReport | None:
+        """The job's JUnit reports (``{junit}`` and the script's ``junit`` globs), read
+        off the loop; each one not to be trusted is logged as ``junit_unreadable`` and
+        makes ``tests`` null, never the job's result. The per-test outcomes are kept for
+        ``compare`` (``<state_dir>/results/``)."""
+        hyp, name = job.wt.id, job.script.name
+        job_report = files.junit if files is not None else None
+        state_dir = self._settings().daemon.state_dir
+        if not needs_reading(job_report, job.script.junit):
+            found = CollectedTests()  # the common no-report case stays on the loop
+        else:
+            found = await asyncio.to_thread(
+                collect_tests, job_report, job.wt.path, job.script.junit, started_wall
+            )
+        for problem in describe_problems(found.problems):
+            self._log().warning("junit_unreadable", hypothesis=hyp, script=name, **problem)
+        try:
+            if found.report is None:
+                record_results(state_dir, hyp, name, job.job_id, None)  # one unlink
+            else:
+                await asyncio.to_thread(
+                    record_results, state_dir, hyp, name, job.job_id, found.report
+                )
+        except OSError as exc:
+            self._log().warning("results_write_failed", hypothesis=hyp, script=name, error=str(exc))
+        return found.report
+
+    def _finished(
+        self,
+        job: _Job,
+        outcome: JobOutcome,
+        worker: str | None,
+        tests: TestReport | None = None,
+    ) -> None:
         tail = outcome.output_tail
         if outcome.error_message and outcome.error_message not in tail:
             tail = (tail + ("\n" if tail else "") + outcome.error_message)[-TAIL_BYTES:]
@@ -232,6 +276,7 @@ class JobGlue:
             batch_id=job.req.batch_id,
             log_path=log_path,
             output_tail=tail,
+            tests=tests.cell_summary() if tests is not None else None,
         )
         fields: dict[str, Any] = dict(
             job.fields(),
@@ -241,6 +286,7 @@ class JobGlue:
             log_path=log_path,
             output_tail=tail,
             worker=worker,
+            tests=tests.event_summary() if tests is not None else None,
         )
         if outcome.error_message:
             fields["error"] = outcome.error_message

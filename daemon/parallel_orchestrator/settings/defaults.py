@@ -54,6 +54,7 @@ SCRIPT_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "env": MappingProxyType({}),
         "cwd": "",
         "exclusive": False,
+        "junit": (),  # JUnit XML report globs relative to the worktree
     }
 )
 
@@ -68,6 +69,13 @@ EXECUTOR_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         "backend": "local",  # local | dask
         "address": "",  # dask: the scheduler address
+    }
+)
+
+
+COMPARE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "baseline": "",  # -> the main worktree of worktrees.repo
     }
 )
 
@@ -91,4 +99,5 @@ def default_document() -> dict[str, Any]:
         "scripts": [plain(SCRIPT_DEFAULTS)],
         "notify": plain(NOTIFY_DEFAULTS),
         "executor": plain(EXECUTOR_DEFAULTS),
+        "compare": plain(COMPARE_DEFAULTS),
     }

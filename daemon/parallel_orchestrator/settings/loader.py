@@ -114,6 +114,7 @@ class ScriptSettings:
     env: dict[str, str] = field(default_factory=lambda: dict(_S["env"]))
     cwd: str = _S["cwd"]
     exclusive: bool = _S["exclusive"]  # its jobs never overlap in time, across hypotheses
+    junit: tuple[str, ...] = tuple(_S["junit"])  # report globs, besides {junit}
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,11 @@ class ExecutorSettings:
 
 
 @dataclass(frozen=True)
+class CompareSettings:
+    baseline: str = ""  # "" -> the main worktree of worktrees.repo; else a hypothesis id
+
+
+@dataclass(frozen=True)
 class Settings:
     daemon: DaemonSettings
     worktrees: WorktreeSettings
@@ -141,6 +147,7 @@ class Settings:
     config_path: Path | None  # None -> the embedded default
     notify: NotifySettings = NotifySettings()
     executor: ExecutorSettings = ExecutorSettings()
+    compare: CompareSettings = field(default_factory=CompareSettings)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -536,7 +543,7 @@ class _Errors:
 
 _MISSING: Any = object()
 
-_TOP_KEYS = ("daemon", "worktrees", "scripts", "notify", "executor")
+_TOP_KEYS = ("daemon", "worktrees", "scripts", "notify", "executor", "compare")
 _DAEMON_KEYS = (
     "state_dir",
     "status_file",
@@ -551,7 +558,17 @@ _DAEMON_KEYS = (
     "port_range",
 )
 _WORKTREE_KEYS = ("repo", "paths", "include", "exclude", "ignore", "respect_gitignore")
-_SCRIPT_KEYS = ("name", "command", "watch", "timeout_s", "kill_grace_s", "env", "cwd", "exclusive")
+_SCRIPT_KEYS = (
+    "name",
+    "command",
+    "watch",
+    "timeout_s",
+    "kill_grace_s",
+    "env",
+    "cwd",
+    "exclusive",
+    "junit",
+)
 _NOTIFY_KEYS = ("command", "desktop")
 _EXECUTOR_KEYS = ("backend", "address")
 EXECUTOR_BACKENDS: tuple[str, ...] = ("local", "dask")
@@ -570,10 +587,11 @@ def settings_from_document(
     scripts = _scripts(document.get("scripts", _MISSING), errs)
     notify = _notify(_table(document, "notify", errs), errs)
     executor = _executor(_table(document, "executor", errs), errs)
+    compare = _compare(_table(document, "compare", errs), errs)
     if errs.items:
         raise ConfigError(errs.items)
     assert daemon is not None and worktrees is not None and notify is not None
-    assert executor is not None
+    assert executor is not None and compare is not None
     return Settings(
         daemon=daemon,
         worktrees=worktrees,
@@ -581,6 +599,7 @@ def settings_from_document(
         config_path=path,
         notify=notify,
         executor=executor,
+        compare=compare,
     )
 
 
@@ -601,6 +620,15 @@ def _executor(table: Mapping[str, Any], errs: _Errors) -> ExecutorSettings | Non
     if backend is None:
         return None
     return ExecutorSettings(backend=backend, address=address)
+
+
+def _compare(table: Mapping[str, Any], errs: _Errors) -> CompareSettings | None:
+    _reject_unknown(table, "compare", ("baseline",), errs)
+    raw = table.get("baseline", "")
+    if not isinstance(raw, str):
+        errs.add("compare.baseline", f"expected a hypothesis id (a string), got {_show(raw)}")
+        return None
+    return CompareSettings(baseline=raw)
 
 
 def _notify(table: Mapping[str, Any], errs: _Errors) -> NotifySettings | None:
@@ -752,7 +780,8 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
     env = _env_table(table, k, errs)
     cwd = _script_cwd(table, k, errs)
     exclusive = _boolean(table, "exclusive", k, _S["exclusive"], errs)
-    if None in (name, command, watch, timeout_s, kill_grace_s, env, cwd, exclusive):
+    junit = _junit_globs(table, k, errs)
+    if None in (name, command, watch, timeout_s, kill_grace_s, env, cwd, exclusive, junit):
         return None
     return ScriptSettings(
         name=cast(str, name),
@@ -763,7 +792,24 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
         env=cast(dict, env),
         cwd=cast(str, cwd),
         exclusive=cast(bool, exclusive),
+        junit=cast(tuple, junit),
     )
+
+
+def _junit_globs(table: Mapping[str, Any], k: str, errs: _Errors) -> tuple[str, ...] | None:
+    """Report globs stay inside the worktree: no absolute paths, no ``..``."""
+    globs = _glob_list(table, "junit", k, (), errs)
+    if globs is None:
+        return None
+    for index, pattern in enumerate(globs):
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            errs.add(
+                f"{k}junit[{index}]",
+                f"expected a glob relative to the worktree (no '/' start, no '..'), "
+                f"got {_show(pattern)}",
+            )
+            return None
+    return globs
 
 
 def _script_name(table: Mapping[str, Any], k: str, errs: _Errors) -> str | None:
