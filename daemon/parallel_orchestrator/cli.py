@@ -315,20 +315,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _located(settings) -> tuple[Path, Path] | int:  # (Settings) -> (status file, state dir)
     """The status file and state dir of the daemon this config describes (systemd's may
     differ from the configured one), or the exit code after saying why not."""
-    from .report.statelocate import ForeignStatusFile, status_file_for
+    from .report.statelocate import ForeignStatusFile, state_dir_for, status_file_for
 
     try:
-        status = status_file_for(settings, os.environ)
+        return status_file_for(settings, os.environ), state_dir_for(settings, os.environ)
     except ForeignStatusFile as exc:
         return _fail(str(exc))
-    return status, _state_dir_of(settings, status)
-
-
-def _state_dir_of(settings, status_path: Path) -> Path:  # (Settings, Path) -> Path
-    """The state dir that goes with the status file found (systemd's may differ)."""
-    if status_path == settings.daemon.status_file:
-        return settings.daemon.state_dir
-    return status_path.parent
 
 
 def _default_baseline(settings, doc) -> str | None:  # (Settings | None, dict) -> id

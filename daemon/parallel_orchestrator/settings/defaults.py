@@ -72,7 +72,6 @@ EXECUTOR_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     }
 )
 
-
 COMPARE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         "baseline": "",  # -> the main worktree of worktrees.repo
