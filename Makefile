@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/executor.py
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/junit.py
 
 clean:
 	rm -rf $(VENV) build dist daemon/*.egg-info

@@ -7,6 +7,7 @@ ran" is counted by the jobs themselves, not only by ``job_started``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -222,3 +223,29 @@ def test_shutdown_while_jobs_wait_for_a_shared_run(tmp_path: Path) -> None:
     assert d.events()[-1]["event"] == "daemon_stopped"
     assert len(ran(runs)) == 1
     assert not list((d.folder / "state" / "cache").glob("*.json"))  # cancelled: not stored
+
+
+JUNIT = (
+    '<testsuite><testcase classname="t" name="ok"/>'
+    '<testcase classname="t" name="bad"><failure message="boom"/></testcase></testsuite>'
+)
+
+
+def test_a_reused_result_carries_its_tests(tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    script = job_script(runs)
+    script["command"][2] += f"; printf '%s' '{JUNIT}' > \"$PO_JUNIT_XML\"; exit 1"
+    d, _ = start(tmp_path, script, hyps=("hyp-1",), run_on_start=True)
+    try:
+        done = finished(d, 2)
+        leader = next(e for e in done if not e["cached"])
+        hit = next(e for e in done if e["cached"])
+        assert len(ran(runs)) == 1
+        assert hit["tests"] == leader["tests"] and hit["tests"]["failing"] == ["t::bad"]
+        cell = d.cell(hit["hypothesis"], "tests")
+        assert cell["tests"]["failing"] == [{"id": "t::bad", "message": "boom"}]
+        results = d.folder / "state" / "results" / hit["hypothesis"] / "tests.json"
+        doc = json.loads(results.read_text())
+        assert doc == {"job_id": hit["job_id"], "tests": {"t::ok": "passed", "t::bad": "failed"}}
+    finally:
+        assert d.stop() == 0

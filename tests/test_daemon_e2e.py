@@ -235,6 +235,7 @@ CELL_KEYS = {
     "batch_id",
     "log_path",
     "output_tail",
+    "tests",
 }
 SUMMARY_KEYS = {"pass", "fail", "timeout", "error", "cancelled", "running", "queued", "never_run"}
 FINISHED_KEYS = {
@@ -247,6 +248,7 @@ FINISHED_KEYS = {
     "duration_s",
     "log_path",
     "output_tail",
+    "tests",
 }
 
 

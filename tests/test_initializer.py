@@ -84,7 +84,7 @@ def test_pytest_projects(tmp_path: Path, files: dict[str, str]) -> None:
     assert list(scripts) == ["tests"]
     tests = scripts["tests"]
     assert is_python(tests["command"][0])
-    assert tests["command"][1:] == ["-m", "pytest", "-q"]
+    assert tests["command"][1:] == ["-m", "pytest", "-q", "--junitxml={junit}"]
     assert tests["watch"][0] == "**/*.py"
     for config_name in ("pytest.ini", "pyproject.toml", "setup.cfg", "tox.ini"):
         assert (config_name in tests["watch"]) == (config_name in files)
@@ -173,7 +173,7 @@ def test_nothing_found_falls_back_to_the_default_script(tmp_path: Path) -> None:
     assert len(scripts) == 1
     assert scripts[0]["name"] == "tests"
     assert is_python(scripts[0]["command"][0])
-    assert tuple(scripts[0]["command"][1:]) == DEFAULT_COMMAND[1:]
+    assert tuple(scripts[0]["command"][1:]) == (*DEFAULT_COMMAND[1:], "--junitxml={junit}")
     assert scripts[0]["watch"] == ["**/*.py"]
 
 
@@ -257,7 +257,7 @@ def test_written_file_loads_with_the_daemons_loader(tmp_path: Path) -> None:
     settings = load_settings(result.path, env={"HOME": str(tmp_path)})
     assert settings.worktrees.repo == repo.resolve()
     assert [s.name for s in settings.scripts] == ["tests", "npm-test", "falsification"]
-    assert settings.scripts[0].command[1:] == ("-m", "pytest", "-q")
+    assert settings.scripts[0].command[1:] == ("-m", "pytest", "-q", "--junitxml={junit}")
 
 
 def test_render_config_round_trips_and_has_a_header(tmp_path: Path) -> None:
@@ -349,7 +349,23 @@ def test_pytest_testmon_in_the_environment_is_proposed(
     monkeypatch.setenv("PYTHONPATH", os.fsdecode(site))
     proposal = propose_config(repo)
     tests = scripts_by_name(proposal)["tests"]
-    assert tests["command"][1:] == ["-m", "pytest", "-q", "--testmon"]
+    assert tests["command"][1:] == ["-m", "pytest", "-q", "--junitxml={junit}", "--testmon"]
     assert ".testmondata*" in proposal["worktrees"]["ignore"]
     text = render_config(proposal, make_header(repo, []))
     assert "--testmon" in text
+
+
+def test_runners_with_junit_output_get_their_reports_read(tmp_path: Path) -> None:
+    package = '{"scripts": {"test": "jest"}, "devDependencies": {"jest-junit": "^16"}}'
+    repo = make_repo(
+        tmp_path,
+        {
+            "package.json": package,
+            "Cargo.toml": "[package]\nname = 'x'\n",
+            ".config/nextest.toml": "[profile.default.junit]\npath = 'junit.xml'\n",
+        },
+    )
+    scripts = scripts_by_name(propose_config(repo))
+    assert scripts["npm-test"]["junit"] == ["junit.xml"]
+    assert scripts["cargo-test"]["command"] == ["cargo", "nextest", "run"]
+    assert scripts["cargo-test"]["junit"] == ["target/nextest/*/junit.xml"]

@@ -12,6 +12,7 @@ import pytest
 
 from parallel_orchestrator.settings.defaults import default_document
 from parallel_orchestrator.settings.loader import (
+    CompareSettings,
     ConfigError,
     DaemonSettings,
     ExecutorSettings,
@@ -576,9 +577,10 @@ def test_example_file_loads_and_spells_out_every_default(tmp_path: Path) -> None
         config_path=example,
     )
     document = tomllib.loads(example.read_text(encoding="utf-8"))
-    assert set(document) == {"daemon", "worktrees", "scripts", "notify", "executor"}
+    assert set(document) == {"daemon", "worktrees", "scripts", "notify", "executor", "compare"}
     assert set(document["notify"]) == {f.name for f in fields(NotifySettings)}
     assert set(document["executor"]) == {f.name for f in fields(ExecutorSettings)}
+    assert set(document["compare"]) == {f.name for f in fields(CompareSettings)}
     assert set(document["daemon"]) == {f.name for f in fields(DaemonSettings)}
     assert set(document["worktrees"]) == {f.name for f in fields(WorktreeSettings)}
     assert set(document["scripts"][0]) == {f.name for f in fields(ScriptSettings)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import contextlib
 import json
 import os
@@ -89,7 +90,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the real daemon on a throwaway repository (~5 s)")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder")
+    _add_results_parsers(sub)
     return p
+
+
+def _add_results_parsers(sub: Any) -> None:
+    """``compare``, ``logs`` and ``output``: reading what the daemon found."""
+    cmp = sub.add_parser("compare", help="rank hypotheses; what each fixed and broke")
+    src = cmp.add_mutually_exclusive_group()
+    src.add_argument("-c", "--config")
+    src.add_argument("--status-file", metavar="PATH")
+    cmp.add_argument("--baseline", metavar="ID", help="compare against this hypothesis")
+    cmp.add_argument("--script", action="append", default=[], metavar="NAME")
+    fmt = cmp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable output")
+    fmt.add_argument("--markdown", action="store_true", help="a table for a pull request")
+
+    logs = sub.add_parser("logs", help="the latest results and events, as lines")
+    logs.add_argument("-c", "--config")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new ones")
+    logs.add_argument("-n", type=_count, default=20, metavar="N", help="how many (default 20)")
+    logs.add_argument("--hypothesis", action="append", default=[], metavar="ID")
+    logs.add_argument("--script", action="append", default=[], metavar="NAME")
+    logs.add_argument(
+        "--result",
+        action="append",
+        default=[],
+        metavar="R",
+        choices=("pass", "fail", "timeout", "error", "cancelled"),
+    )
+    logs.add_argument("--json", action="store_true", help="the raw JSON lines")
+
+    out = sub.add_parser("output", help="the captured output of a cell's latest job")
+    out.add_argument("-c", "--config")
+    out.add_argument("cell", metavar="HYPOTHESIS/SCRIPT")
+    out.add_argument("--job", metavar="JOB_ID", help="this job's output instead")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text!r}")
+    return value
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -115,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
 
-    from .report.eventlog import configure_logging
+    from .report.eventlog import EVENTS_FILE, configure_logging, keep_event_history
     from .service.daemon import Daemon, prepare_state_dir
 
     settings = _load(args.config)
@@ -123,6 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepare_state_dir(d.state_dir)  # before the log file, which may live inside it
     try:
         configure_logging(d.log_level, d.log_file)
+        keep_event_history(d.state_dir / EVENTS_FILE)
     except OSError as exc:
         return _fail(f"log file {d.log_file}: cannot open: {exc.strerror or exc}")
     if any(sig in (signal.SIGTERM, signal.SIGINT) for sig in early):
@@ -269,6 +315,177 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _located(settings) -> tuple[Path, Path] | int:  # (Settings) -> (status file, state dir)
+    """The status file and state dir of the daemon this config describes (systemd's may
+    differ from the configured one), or the exit code after saying why not."""
+    from .report.statelocate import ForeignStatusFile, state_dir_for, status_file_for
+
+    try:
+        return status_file_for(settings, os.environ), state_dir_for(settings, os.environ)
+    except ForeignStatusFile as exc:
+        return _fail(str(exc))
+
+
+def _default_baseline(settings, doc) -> str | None:  # (Settings | None, dict) -> id
+    from .repo.worktrees import WorktreeError, discover
+    from .report.compare import guess_main_worktree
+
+    if settings is not None and settings.compare.baseline:
+        return settings.compare.baseline
+    if settings is not None and settings.worktrees.repo is not None:
+        with contextlib.suppress(WorktreeError):
+            main = next((wt.id for wt in discover(settings.worktrees) if wt.is_main), None)
+            if main is not None:
+                return main
+    return guess_main_worktree(doc)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compareview, statusview
+    from .report.compare import CompareError, build_comparison
+    from .settings.loader import ConfigError
+
+    settings = None
+    if args.status_file:
+        path = Path(args.status_file)
+        state_dir = path.parent
+    else:
+        try:
+            settings = _load(args.config)
+        except ConfigError as exc:
+            return _fail("\n".join(exc.errors))
+        located = _located(settings)
+        if isinstance(located, int):
+            return located
+        path, state_dir = located
+    try:
+        doc = statusview.read_status(path)
+    except statusview.StatusFileError as exc:
+        return _fail(str(exc), EXIT_NO_STATUS)
+    if not doc.get("hypotheses"):
+        return _fail(f"{path}: no hypothesis to compare", EXIT_NO_STATUS)
+    baseline = args.baseline or _default_baseline(settings, doc)
+    if baseline is None:
+        return _fail("no baseline: name one with --baseline ID or [compare] baseline")
+    try:
+        comparison = build_comparison(doc, state_dir, baseline, args.script)
+    except CompareError as exc:
+        return _fail(str(exc))
+    if args.json:
+        from .report.safetext import json_text
+
+        print(json_text(comparison))
+    elif args.markdown:
+        sys.stdout.write(compareview.render_markdown(comparison))
+    else:
+        color = statusview.should_color(sys.stdout, os.environ)
+        ascii_only = not statusview.can_encode_marks(getattr(sys.stdout, "encoding", None))
+        sys.stdout.write(compareview.render_text(comparison, color=color, ascii_only=ascii_only))
+    return EXIT_OK
+
+
+def _results_state_dir(config: str | None) -> Path | int:
+    """The state dir of the daemon for this config, or the exit code after saying why."""
+    from .settings.loader import ConfigError
+
+    try:
+        settings = _load(config)
+    except ConfigError as exc:
+        return _fail("\n".join(exc.errors))
+    located = _located(settings)
+    return located if isinstance(located, int) else located[1]
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import threading
+
+    from .report import logview, statusview
+
+    state_dir = _results_state_dir(args.config)
+    if isinstance(state_dir, int):
+        return state_dir
+    wanted = logview.EventFilter(args.hypothesis, args.script, args.result)
+    ascii_only = not statusview.can_encode_marks(getattr(sys.stdout, "encoding", None))
+
+    def emit(line: bytes, event: dict[str, Any]) -> None:
+        if args.json:
+            sys.stdout.write(line.decode("utf-8", "replace") + "\n")
+        else:
+            sys.stdout.write(logview.format_event(event, ascii_only=ascii_only) + "\n")
+        sys.stdout.flush()
+
+    if args.follow:
+        if not logview.history_exists(state_dir):
+            print(f"waiting for {logview.events_path(state_dir)} ...", file=sys.stderr)
+        with contextlib.suppress(KeyboardInterrupt):
+            logview.follow_events(state_dir, wanted, emit, threading.Event(), n=args.n)
+        return EXIT_OK
+    if not logview.history_exists(state_dir):
+        return _fail(f"{logview.events_path(state_dir)}: no event history yet", EXIT_NO_STATUS)
+    events = logview.last_events(state_dir, wanted, args.n)
+    if not events:
+        return _fail("no matching event", EXIT_NO_STATUS)
+    for line, event in events:
+        emit(line, event)
+    return EXIT_OK
+
+
+def cmd_output(args: argparse.Namespace) -> int:
+    from .report import statusview
+    from .report.runlogs import RunLogError, find_run_log, split_cell
+    from .settings.loader import ConfigError
+
+    try:
+        hyp, script = split_cell(args.cell)
+        settings = _load(args.config)
+    except RunLogError as exc:
+        return _fail(str(exc))
+    except ConfigError as exc:
+        return _fail("\n".join(exc.errors))
+    located = _located(settings)
+    if isinstance(located, int):
+        return located
+    status_path, state_dir = located
+    try:
+        doc = statusview.read_status(status_path)
+    except statusview.StatusFileError:
+        doc = None
+    if doc is not None and hyp not in doc.get("hypotheses", {}):
+        known = ", ".join(sorted(doc.get("hypotheses", {}))) or "none"
+        return _fail(f"{args.cell}: no such hypothesis {hyp} (known: {known})")
+    if doc is not None and script not in doc["hypotheses"][hyp].get("scripts", {}):
+        known = ", ".join(doc["hypotheses"][hyp].get("scripts", {})) or "none"
+        return _fail(f"{args.cell}: no such script {script} (known: {known})")
+    try:
+        log = find_run_log(state_dir, hyp, script, args.job, doc)
+    except RunLogError as exc:
+        return _fail(str(exc))
+    if log is None:
+        what = f"job {args.job}" if args.job else args.cell
+        return _fail(f"{what}: no captured output to show", EXIT_NO_STATUS)
+    _print_run_log(log)
+    return EXIT_OK
+
+
+def _print_run_log(log: Path) -> None:
+    """The bytes as they are into a pipe or file; on a terminal, control characters made
+    visible (a job's output must not drive the terminal)."""
+    from .report.safetext import block
+
+    sys.stdout.flush()
+    with open(log, "rb") as f:
+        if sys.stdout.isatty():
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            while chunk := f.read(1 << 16):
+                sys.stdout.write(block(decoder.decode(chunk)))
+            sys.stdout.write(block(decoder.decode(b"", final=True)))
+            sys.stdout.flush()
+            return
+        while chunk := f.read(1 << 16):
+            sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from .commands.initializer import init_config
 
@@ -302,6 +519,9 @@ COMMANDS = {
     "check": cmd_check,
     "init": cmd_init,
     "demo": cmd_demo,
+    "compare": cmd_compare,
+    "logs": cmd_logs,
+    "output": cmd_output,
 }
 
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..report.eventlog import get_logger
 from .index import FileDigestIndex
@@ -34,6 +34,7 @@ from .inputkey import input_key
 from .listing import IgnoreRules, ListingError
 from .store import REUSABLE, CachedResult, ResultStore
 
+T = TypeVar("T")
 CACHE_DIR = "cache"
 # How long after a job ends the watcher may still be delivering changes made before the
 # end (its step, at most 50 ms, plus a chunk and the loop's latency).
@@ -153,6 +154,32 @@ class ResultReuse:
                 self._inflight[key] = asyncio.get_running_loop().create_future()
                 return None, True
         return await asyncio.shield(running), False
+
+    async def run_shared(
+        self,
+        hyp: str,
+        script: Any,
+        run: Callable[[], Awaitable[T]],
+        entry_of: Callable[[T, str], tuple[CachedResult, Path | None]],
+    ) -> T | Hit:
+        """``run()``, unless a stored job or a running one with equal inputs gives its
+        result (the ``Hit`` is returned then); a run's result is stored as
+        ``entry_of(result, key)`` gives it: the entry and its run log."""
+        key = await self.key(hyp, script)
+        if key is None:
+            return await run()
+        hit, leader = await self.share(key.value)
+        if hit is not None:
+            return hit
+        try:
+            done = await run()
+        except BaseException:
+            if leader:
+                self.abandon(key.value)
+            raise
+        entry, log_path = entry_of(done, key.value)
+        await self.settle(key, hyp, script, entry, log_path)
+        return done
 
     def abandon(self, key: str) -> None:
         """The leader of ``key`` ends without a reusable result: its waiters run."""

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,13 @@ from typing import Any
 from ..backends.base import JobBackend, open_backend
 from ..cache.reuse import Hit, ResultReuse, rules_for, write_reused_log
 from ..cache.store import CachedResult
+from ..cache.testresults import report_from, results_of
 from ..jobs.runner import JobOutcome, install_child_watcher
 from ..jobs.spec import make_spec, prepare_run_files, prune_runs
 from ..repo.worktrees import Worktree
+from ..report.junit import TestReport
 from ..report.safetext import block, one_line
+from ..report.testcollect import collect_tests
 from ..settings.loader import ScriptSettings, Settings
 from ..states import FAIL, PASS
 from .onceprogress import OnceProgress
@@ -33,6 +37,8 @@ class OnceResult:
     job_id: str
     outcome: JobOutcome
     log_path: Path | None
+    tests: TestReport | None = None
+    junit_problems: tuple[str, ...] = ()  # "path: error" of each unreadable report
     cache: bool = False  # the script has ``cache = true``: the dict says whether reused
     cached_from: str | None = None  # the job whose result was reused
 
@@ -49,6 +55,7 @@ class OnceResult:
             "log_path": None if self.log_path is None else os.fsdecode(self.log_path),
             "output_tail": o.output_tail,
             "error": o.error_message or None,
+            "tests": self.tests.event_summary() if self.tests is not None else None,
             **(cached if self.cache else {}),
         }
 
@@ -103,48 +110,13 @@ async def _run_all(
         job_id = f"{session}-once{index}"
         if reuse is None or not script.cache:
             return await run(job_id, wt, script)
-        key = await reuse.key(wt.id, script)
-        if key is None:
-            return await run(job_id, wt, script)
-        hit, leader = await reuse.share(key.value)
-        if hit is not None:
-            return reused(hit, job_id, wt, script)
-        try:
-            done = await run(job_id, wt, script)
-        except BaseException:
-            if leader:
-                reuse.abandon(key.value)
-            raise
-        o = done.outcome
-        entry = CachedResult(
-            key.value,
-            job_id,
-            wt.id,
-            script.name,
-            o.result,
-            o.exit_code,
-            o.duration_s,
-            o.output_tail,
-        )
-        await reuse.settle(key, wt.id, script, entry, done.log_path)
-        return done
-
-    def reused(hit: Hit, job_id: str, wt: Worktree, script: ScriptSettings) -> OnceResult:
-        e = hit.entry
-        log_path: Path | None = None
-        with contextlib.suppress(OSError):  # the log is a copy; the result stands without it
-            log_path = prepare_run_files(runs_dir, wt.id, script.name, job_id, ()).log
-            write_reused_log(log_path, hit)
-        outcome = JobOutcome(
-            result=e.result,
-            exit_code=e.exit_code,
-            duration_s=e.duration_s,
-            output_tail=e.output_tail,
-        )
+        got = await reuse.run_shared(wt.id, script, lambda: run(job_id, wt, script), _entry)
+        if not isinstance(got, Hit):
+            return got
         if progress is not None:
             progress.job_started()
-            progress.job_finished(outcome.result)
-        return OnceResult(wt.id, script.name, job_id, outcome, log_path, True, e.job_id)
+            progress.job_finished(got.entry.result)
+        return _reused(got, job_id, wt, script, runs_dir)
 
     async def run(job_id: str, wt: Worktree, script: ScriptSettings) -> OnceResult:
         turn = exclusive.get(script.name) or contextlib.nullcontext()
@@ -163,14 +135,28 @@ async def _run_all(
             )
             if progress is not None:
                 progress.job_started()
+            started = time.time()
             outcome = await backend.run(spec)
+            found = await asyncio.to_thread(
+                collect_tests, files.junit if files else None, wt.path, script.junit, started
+            )
             if progress is not None:
                 progress.job_finished(outcome.result)
             if files is not None:
                 # pruning is housekeeping; a failure must not cost the result
                 with contextlib.suppress(OSError):
                     prune_runs(files.log.parent, settings.daemon.keep_runs)
-        return OnceResult(wt.id, script.name, job_id, outcome, spec.log_path, script.cache)
+        problems = tuple(str(p) for p in found.problems)
+        return OnceResult(
+            wt.id,
+            script.name,
+            job_id,
+            outcome,
+            spec.log_path,
+            found.report,
+            problems,
+            cache=script.cache,
+        )
 
     ticker = asyncio.ensure_future(progress.tick()) if progress is not None else None
     try:
@@ -182,6 +168,39 @@ async def _run_all(
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             progress.close()
+
+
+def _entry(done: OnceResult, key: str) -> tuple[CachedResult, Path | None]:
+    """A run of ``once`` as a cache entry, and its run log."""
+    o = done.outcome
+    entry = CachedResult(
+        key,
+        done.job_id,
+        done.hypothesis,
+        done.script,
+        o.result,
+        o.exit_code,
+        o.duration_s,
+        o.output_tail,
+        results_of(done.tests),
+    )
+    return entry, done.log_path
+
+
+def _reused(hit: Hit, job_id: str, wt: Worktree, script: ScriptSettings, runs: Path) -> OnceResult:
+    """A job answered from the cache: the reused result, with a copy of its run log."""
+    e = hit.entry
+    log_path: Path | None = None
+    with contextlib.suppress(OSError):  # the log is a copy; the result stands without it
+        log_path = prepare_run_files(runs, wt.id, script.name, job_id, ()).log
+        write_reused_log(log_path, hit)
+    outcome = JobOutcome(
+        result=e.result, exit_code=e.exit_code, duration_s=e.duration_s, output_tail=e.output_tail
+    )
+    tests = report_from(e.results)
+    return OnceResult(
+        wt.id, script.name, job_id, outcome, log_path, tests, cache=True, cached_from=e.job_id
+    )
 
 
 def render_results(results: list[OnceResult]) -> str:
@@ -200,6 +219,9 @@ def render_results(results: list[OnceResult]) -> str:
                 continue
             o = r.outcome
             text = f"{o.result.upper()} {o.duration_s:.1f}s"
+            if r.tests is not None:
+                counts = r.tests.counts()
+                text += f" {counts['passed']}/{counts['total']} tests"
             if r.cached_from is not None:
                 text += " (cached)"
             if o.result == FAIL and o.exit_code is not None:
@@ -215,6 +237,8 @@ def render_results(results: list[OnceResult]) -> str:
     lines.append("")
     lines.append(f"{passed}/{len(results)} passed")
     for r in results:
+        for problem in r.junit_problems:
+            lines.append(f"{r.hypothesis}/{r.script}: junit report unreadable: {one_line(problem)}")
         if r.outcome.result != PASS:
             lines.extend(_failure_report(r))
     return "\n".join(lines)
@@ -235,7 +259,7 @@ def _failure_report(r: OnceResult) -> list[str]:
         lines = [f"{name}: log {one_line(os.fsdecode(r.log_path))}"]
     else:
         lines = [f"{name}: {r.outcome.result}"]
-    failing = _failing_tests(getattr(r, "tests", None))
+    failing = _failing_tests(r.tests.event_summary() if r.tests is not None else None)
     if failing:
         lines.append(f"  failing tests: {', '.join(one_line(t) for t in failing)}")
     tail = block(r.outcome.output_tail).rstrip("\n").splitlines()[-TAIL_LINES:]

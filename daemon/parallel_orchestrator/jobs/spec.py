@@ -23,6 +23,7 @@ class RunFiles:
     log: Path
     changed: Path  # one changed relative path a line (PO_CHANGED_FILE)
     changed_z: Path  # NUL-separated (PO_CHANGED_FILE_Z): names may contain newlines
+    junit: Path  # where the script may write a JUnit XML report (PO_JUNIT_XML, {junit})
 
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
@@ -52,7 +53,10 @@ def prepare_run_files(
     make_private_dirs(run_dir)
     paths = sorted(changed)
     files = RunFiles(
-        run_dir / f"{job_id}.log", run_dir / f"{job_id}.changed", run_dir / f"{job_id}.changed0"
+        run_dir / f"{job_id}.log",
+        run_dir / f"{job_id}.changed",
+        run_dir / f"{job_id}.changed0",
+        run_dir / f"{job_id}.junit.xml",
     )
     _write_private(files.changed, b"".join(os.fsencode(p) + b"\n" for p in paths))
     _write_private(files.changed_z, b"".join(os.fsencode(p) + b"\0" for p in paths))
@@ -66,6 +70,7 @@ def prune_runs(run_dir: Path, keep: int) -> None:
         old.unlink(missing_ok=True)
         old.with_suffix(".changed").unlink(missing_ok=True)
         old.with_suffix(".changed0").unlink(missing_ok=True)
+        old.with_suffix(".junit.xml").unlink(missing_ok=True)
 
 
 def make_spec(
@@ -79,6 +84,7 @@ def make_spec(
 ) -> JobSpec:
     env = dict(base_env)
     env.update(script.env)
+    junit = os.fsdecode(files.junit) if files else os.devnull
     env.update(
         PO_HYPOTHESIS=wt.id,
         PO_WORKTREE=os.fsdecode(wt.path),
@@ -86,9 +92,10 @@ def make_spec(
         PO_JOB_ID=job_id,
         PO_CHANGED_FILE=os.fsdecode(files.changed) if files else os.devnull,
         PO_CHANGED_FILE_Z=os.fsdecode(files.changed_z) if files else os.devnull,
+        PO_JUNIT_XML=junit,
     )
     return JobSpec(
-        argv=tuple(substitute(a, wt) for a in script.command),
+        argv=tuple(substitute(a, wt, {"junit": junit}) for a in script.command),
         cwd=wt.path / script.cwd if script.cwd else wt.path,
         env=env,
         timeout_s=script.timeout_s,

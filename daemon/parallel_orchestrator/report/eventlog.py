@@ -45,6 +45,7 @@ CONTRACT_EVENTS = frozenset(
         "status_write_failed",
         "watcher_restarted",
         "notify_failed",
+        "junit_unreadable",
     }
 )
 
@@ -119,6 +120,83 @@ class JsonLineSink:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
+EVENTS_FILE = "events.jsonl"
+EVENTS_MAX_BYTES = 10 * 1024 * 1024
+
+
+class EventHistory:
+    """``<state_dir>/events.jsonl``: the same lines as the log, whatever ``log_file`` says,
+    so ``logs`` finds them under a terminal, systemd or a log file alike. Bounded: past
+    ``max_bytes`` the file is renamed to ``events.jsonl.1`` (replacing the older one) and
+    a new one started, so at most twice the bound is kept. 0600: it names what is tested.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = EVENTS_MAX_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._size = 0
+        self._ident: tuple[int, int] | None = None
+        self._failed = False
+
+    def _open(self) -> None:
+        make_dirs(self.path.parent, 0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        st = os.fstat(fd)
+        self._close_fd()
+        self._fd, self._size, self._ident = fd, st.st_size, (st.st_dev, st.st_ino)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _moved(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._ident
+
+    def append(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8", "replace")
+        with self._lock:
+            try:
+                if self._fd is None or self._moved():
+                    self._open()
+                if self._size and self._size + len(data) > self.max_bytes:
+                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                    self._open()
+                assert self._fd is not None
+                os.write(self._fd, data)
+                self._size += len(data)
+                self._failed = False
+            except OSError as exc:
+                if not self._failed:  # once per failure spell, not once per line
+                    sys.stderr.write(f"parallel-orchestrator: cannot write {self.path}: {exc}\n")
+                self._failed = True
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_fd()
+
+
+class _Tee:
+    """The logger structlog writes to: the configured sink, and the event history."""
+
+    def __init__(self, sink: JsonLineSink) -> None:
+        self.sink = sink
+
+    def msg(self, message: str) -> None:
+        self.sink.write_line(message)
+        history = _history
+        if history is not None:
+            history.append(message)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
 class _LevelFilter:
     """Drop events below the configured level, except the contract events."""
 
@@ -153,6 +231,17 @@ def _json_default(obj: object) -> object:
 
 
 _sink: JsonLineSink | None = None
+_history: EventHistory | None = None
+
+
+def keep_event_history(path: Path | None) -> None:
+    """Also append every log line to ``path`` (``<state_dir>/events.jsonl``); None stops.
+    Survives ``configure_logging`` (a reload of the log settings keeps the history)."""
+    global _history
+    old = _history
+    _history = EventHistory(path) if path is not None else None
+    if old is not None:
+        old.close()
 
 
 def configure_logging(
@@ -162,7 +251,7 @@ def configure_logging(
     global _sink
     old = _sink
     _sink = JsonLineSink(log_file, stream)
-    sink = _sink
+    tee = _Tee(_sink)
     structlog.configure(
         processors=[
             _LevelFilter(LEVELS.get(level, logging.INFO)),
@@ -178,11 +267,17 @@ def configure_logging(
             ),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        logger_factory=lambda *_args: sink,
+        logger_factory=lambda *_args: tee,
         cache_logger_on_first_use=False,
     )
     if old is not None:
         old.close()
+
+
+def move_event_history(path: Path) -> None:
+    """A reload moved the state dir: the history follows it (when one is kept)."""
+    if _history is not None and _history.path != path:
+        keep_event_history(path)
 
 
 def reset_logging() -> None:
@@ -191,6 +286,7 @@ def reset_logging() -> None:
     if _sink is not None:
         _sink.close()
         _sink = None
+    keep_event_history(None)
     structlog.reset_defaults()
 
 

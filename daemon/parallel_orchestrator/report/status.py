@@ -50,6 +50,7 @@ def empty_cell() -> dict[str, Any]:
         "batch_id": None,
         "log_path": None,
         "output_tail": None,
+        "tests": None,
     }
 
 

@@ -302,6 +302,46 @@ def _counts_line(doc: Mapping[str, Any]) -> str:
     return head + (": " + ", ".join(parts) if parts else "")
 
 
+def state_mark(state: object, ascii_only: bool = False) -> tuple[str, str]:
+    """(mark, word) for a cell state, as the grid shows it (``compare`` uses the same)."""
+    uni, asc, word = _MARKS.get(state if isinstance(state, str) else "?", _UNKNOWN_MARK)
+    return (asc if ascii_only else uni), (word or str(state))
+
+
+def state_colour(state: object) -> str | None:
+    return _STATE_COLOR.get(state) if isinstance(state, str) else None
+
+
+def paint(text: str, colour: str | None, color: bool) -> str:
+    return _paint(text, colour, color)
+
+
+def tests_fraction(tests: object) -> str | None:
+    """``passed/total`` of a cell's ``tests``, or None when it has no test-level results."""
+    if not isinstance(tests, Mapping):
+        return None
+    passed, total = tests.get("passed"), tests.get("total")
+    if not isinstance(passed, int) or not isinstance(total, int):
+        return None
+    return f"{passed}/{total}"
+
+
+def first_failing(tests: object) -> str | None:
+    """The id of the first failing test of a cell's ``tests`` (entries are {"id", ...})."""
+    failing = tests.get("failing") if isinstance(tests, Mapping) else None
+    if not isinstance(failing, list) or not failing:
+        return None
+    first = failing[0]
+    found = first.get("id") if isinstance(first, Mapping) else first
+    return found if isinstance(found, str) else None
+
+
+def _shorten(text: str, limit: int, ascii_only: bool) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..." if ascii_only else text[: limit - 1] + "\u2026"
+
+
 def _cell(entry: Mapping[str, Any], now: float, level: int, ascii_only: bool) -> _Cell:
     """Render one hypothesis x script cell; higher ``level`` drops detail to fit the width."""
     state = entry.get("state")
@@ -311,6 +351,10 @@ def _cell(entry: Mapping[str, Any], now: float, level: int, ascii_only: bool) ->
     if level >= 3:
         return _Cell(mark, _STATE_COLOR.get(state_key))
     parts = [mark, word or str(state)]
+    finished = state_key in ("pass", "fail", "timeout", "error", "cancelled")
+    fraction = tests_fraction(entry.get("tests")) if finished else None
+    if fraction is not None and level <= 2:
+        parts.append(fraction)
     if level <= 1:
         if state_key == RUNNING:
             started = parse_timestamp(entry.get("started_at"))
@@ -322,9 +366,12 @@ def _cell(entry: Mapping[str, Any], now: float, level: int, ascii_only: bool) ->
                 parts.append(format_duration(float(duration)))
             if entry.get("cached") is True:
                 parts.append("cached")  # reused from cached_from, no process ran
-            finished = parse_timestamp(entry.get("finished_at"))
-            if level == 0 and finished is not None:
-                parts.append(format_ago(now - finished))
+            finished_at = parse_timestamp(entry.get("finished_at"))
+            if level == 0 and finished_at is not None:
+                parts.append(format_ago(now - finished_at))
+            failing = first_failing(entry.get("tests"))
+            if failing is not None:
+                parts.append(failing if level == 0 else _shorten(failing, 32, ascii_only))
         if level == 0 and state_key in ACTIVE_STATES:
             last = entry.get("last_result")
             if isinstance(last, str) and last:

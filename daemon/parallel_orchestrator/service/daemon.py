@@ -34,7 +34,7 @@ from ..pipeline.batcher import Batch
 from ..pipeline.scheduler import Scheduler
 from ..repo.worktreeindex import WorktreeIndex, index_worktrees
 from ..repo.worktrees import Worktree, WorktreeError, discover_async
-from ..report.eventlog import configure_logging, get_logger
+from ..report.eventlog import EVENTS_FILE, configure_logging, get_logger, move_event_history
 from ..report.status import StatusBoard, load_previous
 from ..report.statuswriter import StatusWriter
 from ..settings.loader import ConfigError, Settings, load_settings
@@ -537,6 +537,7 @@ def preflight(old_settings: Settings, new: Settings) -> bool:
             prepare_state_dir(d.state_dir)
         except DaemonError as exc:
             raise ConfigError(f"{source}: daemon.state_dir: {exc}") from exc
+        move_event_history(d.state_dir / EVENTS_FILE)
     if (d.log_level, d.log_file) == (old.log_level, old.log_file):
         return False
     try:

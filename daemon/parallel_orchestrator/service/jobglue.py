@@ -23,13 +23,22 @@ from typing import Any, Literal
 from ..backends.base import JobBackend, LocalBackend
 from ..cache.reuse import Hit, JobKey, ResultReuse, write_reused_log
 from ..cache.store import CachedResult
+from ..cache.testresults import report_from, results_of
 from ..jobs import ledger
 from ..jobs.model import JobOutcome
 from ..jobs.spec import RunFiles, make_spec, prepare_run_files, prune_runs
 from ..pipeline.scheduler import JobRequest, SchedulerHooks
 from ..repo.worktrees import Worktree
+from ..report.junit import TestReport
 from ..report.status import StatusBoard, iso
 from ..report.statuswriter import StatusWriter
+from ..report.testcollect import (
+    CollectedTests,
+    collect_tests,
+    describe_problems,
+    needs_reading,
+    record_results,
+)
 from ..settings.loader import ScriptSettings, Settings
 from ..states import CANCELLED, ERROR, OUTPUT_TAIL_BYTES, PASS, RUNNING
 
@@ -183,8 +192,9 @@ class JobGlue:
                 self._ledger.remove(job.job_id)
             except OSError as exc:
                 self._ledger_failed(exc)
+        tests = None if cancelled else await self._read_tests(job, files, started_wall)
         worker = worker_box[0] if worker_box else None
-        self._finished(job, outcome, worker, cached_from="" if ticket else None)
+        self._finished(job, outcome, worker, tests, cached_from="" if ticket else None)
         self._prune(job)
         if cancelled:
             raise asyncio.CancelledError
@@ -198,6 +208,7 @@ class JobGlue:
                 outcome.exit_code,
                 outcome.duration_s,
                 outcome.output_tail,
+                results_of(tests),
             )
             self._reuse.settle_later(ticket.key, wt.id, script, entry, job.log_path, ended)
 
@@ -235,13 +246,14 @@ class JobGlue:
             raise
         if hit is None:
             return _Ticket(key, leader)
-        self._reused(req, wt, script, job_id, hit)
+        await self._reused(req, wt, script, job_id, hit)
         return False
 
-    def _reused(
+    async def _reused(
         self, req: JobRequest, wt: Worktree, script: ScriptSettings, job_id: str, hit: Hit
     ) -> None:
-        """Record ``hit`` as this job's result: its own run log (a copy), status, log line."""
+        """Record ``hit`` as this job's result: its own run log (a copy), its tests (and
+        results file), status, log line."""
         files = self._run_files(wt, script, job_id, req.changed)
         log_path = files.log if files is not None else None
         if log_path is not None:
@@ -265,7 +277,15 @@ class JobGlue:
             finished_at=time.time(),
         )
         job = _Job(req, wt, script, job_id, log_path, [])
-        self._finished(job, outcome, None, cached_from=e.job_id)
+        tests = report_from(e.results)
+        try:
+            state_dir = self._settings().daemon.state_dir
+            await asyncio.to_thread(record_results, state_dir, wt.id, script.name, job_id, tests)
+        except OSError as exc:
+            self._log().warning(
+                "results_write_failed", hypothesis=wt.id, script=script.name, error=str(exc)
+            )
+        self._finished(job, outcome, None, tests, cached_from=e.job_id)
         self._prune(job)
 
     def _run_files(
@@ -324,8 +344,42 @@ class JobGlue:
             "job_started", **job.fields(), pid=pid, command=list(job.argv), worker=worker
         )
 
+    async def _read_tests(
+        self, job: _Job, files: RunFiles | None, started_wall: float
+    ) -> TestReport | None:
+        """The job's JUnit reports (``{junit}`` and the script's ``junit`` globs), read
+        off the loop; each one not to be trusted is logged as ``junit_unreadable`` and
+        makes ``tests`` null, never the job's result. The per-test outcomes are kept for
+        ``compare`` (``<state_dir>/results/``)."""
+        hyp, name = job.wt.id, job.script.name
+        job_report = files.junit if files is not None else None
+        state_dir = self._settings().daemon.state_dir
+        if not needs_reading(job_report, job.script.junit):
+            found = CollectedTests()  # the common no-report case stays on the loop
+        else:
+            found = await asyncio.to_thread(
+                collect_tests, job_report, job.wt.path, job.script.junit, started_wall
+            )
+        for problem in describe_problems(found.problems):
+            self._log().warning("junit_unreadable", hypothesis=hyp, script=name, **problem)
+        try:
+            if found.report is None:
+                record_results(state_dir, hyp, name, job.job_id, None)  # one unlink
+            else:
+                await asyncio.to_thread(
+                    record_results, state_dir, hyp, name, job.job_id, found.report
+                )
+        except OSError as exc:
+            self._log().warning("results_write_failed", hypothesis=hyp, script=name, error=str(exc))
+        return found.report
+
     def _finished(
-        self, job: _Job, outcome: JobOutcome, worker: str | None, cached_from: str | None = None
+        self,
+        job: _Job,
+        outcome: JobOutcome,
+        worker: str | None,
+        tests: TestReport | None = None,
+        cached_from: str | None = None,
     ) -> None:
         """``cached_from``: None for a script without ``cache = true`` (no cache keys),
         "" for a job that ran, else the id of the job whose result it reused."""
@@ -347,6 +401,7 @@ class JobGlue:
             batch_id=job.req.batch_id,
             log_path=log_path,
             output_tail=tail,
+            tests=tests.cell_summary() if tests is not None else None,
         )
         reuse = (
             {}
@@ -366,6 +421,7 @@ class JobGlue:
             log_path=log_path,
             output_tail=tail,
             worker=worker,
+            tests=tests.event_summary() if tests is not None else None,
             **reuse,
         )
         if outcome.error_message:

@@ -55,6 +55,7 @@ SCRIPT_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "cwd": "",
         "exclusive": False,
         "cache": False,
+        "junit": (),  # JUnit XML report globs relative to the worktree
     }
 )
 
@@ -69,6 +70,12 @@ EXECUTOR_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         "backend": "local",  # local | dask
         "address": "",  # dask: the scheduler address
+    }
+)
+
+COMPARE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "baseline": "",  # -> the main worktree of worktrees.repo
     }
 )
 
@@ -92,4 +99,5 @@ def default_document() -> dict[str, Any]:
         "scripts": [plain(SCRIPT_DEFAULTS)],
         "notify": plain(NOTIFY_DEFAULTS),
         "executor": plain(EXECUTOR_DEFAULTS),
+        "compare": plain(COMPARE_DEFAULTS),
     }

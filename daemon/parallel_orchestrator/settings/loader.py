@@ -115,6 +115,7 @@ class ScriptSettings:
     cwd: str = _S["cwd"]
     exclusive: bool = _S["exclusive"]  # its jobs never overlap in time, across hypotheses
     cache: bool = _S["cache"]  # reuse a pass/fail of equal inputs (cache package)
+    junit: tuple[str, ...] = tuple(_S["junit"])  # report globs, besides {junit}
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,11 @@ class ExecutorSettings:
 
 
 @dataclass(frozen=True)
+class CompareSettings:
+    baseline: str = ""  # "" -> the main worktree of worktrees.repo; else a hypothesis id
+
+
+@dataclass(frozen=True)
 class Settings:
     daemon: DaemonSettings
     worktrees: WorktreeSettings
@@ -142,6 +148,7 @@ class Settings:
     config_path: Path | None  # None -> the embedded default
     notify: NotifySettings = NotifySettings()
     executor: ExecutorSettings = ExecutorSettings()
+    compare: CompareSettings = field(default_factory=CompareSettings)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -537,7 +544,7 @@ class _Errors:
 
 _MISSING: Any = object()
 
-_TOP_KEYS = ("daemon", "worktrees", "scripts", "notify", "executor")
+_TOP_KEYS = ("daemon", "worktrees", "scripts", "notify", "executor", "compare")
 _DAEMON_KEYS = (
     "state_dir",
     "status_file",
@@ -562,6 +569,7 @@ _SCRIPT_KEYS = (
     "cwd",
     "exclusive",
     "cache",
+    "junit",
 )
 _NOTIFY_KEYS = ("command", "desktop")
 _EXECUTOR_KEYS = ("backend", "address")
@@ -581,10 +589,11 @@ def settings_from_document(
     scripts = _scripts(document.get("scripts", _MISSING), errs)
     notify = _notify(_table(document, "notify", errs), errs)
     executor = _executor(_table(document, "executor", errs), errs)
+    compare = _compare(_table(document, "compare", errs), errs)
     if errs.items:
         raise ConfigError(errs.items)
     assert daemon is not None and worktrees is not None and notify is not None
-    assert executor is not None
+    assert executor is not None and compare is not None
     return Settings(
         daemon=daemon,
         worktrees=worktrees,
@@ -592,6 +601,7 @@ def settings_from_document(
         config_path=path,
         notify=notify,
         executor=executor,
+        compare=compare,
     )
 
 
@@ -612,6 +622,15 @@ def _executor(table: Mapping[str, Any], errs: _Errors) -> ExecutorSettings | Non
     if backend is None:
         return None
     return ExecutorSettings(backend=backend, address=address)
+
+
+def _compare(table: Mapping[str, Any], errs: _Errors) -> CompareSettings | None:
+    _reject_unknown(table, "compare", ("baseline",), errs)
+    raw = table.get("baseline", "")
+    if not isinstance(raw, str):
+        errs.add("compare.baseline", f"expected a hypothesis id (a string), got {_show(raw)}")
+        return None
+    return CompareSettings(baseline=raw)
 
 
 def _notify(table: Mapping[str, Any], errs: _Errors) -> NotifySettings | None:
@@ -763,8 +782,10 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
     env = _env_table(table, k, errs)
     cwd = _script_cwd(table, k, errs)
     exclusive = _boolean(table, "exclusive", k, _S["exclusive"], errs)
+    junit = _junit_globs(table, k, errs)
     cache = _boolean(table, "cache", k, _S["cache"], errs)
-    if None in (name, command, watch, timeout_s, kill_grace_s, env, cwd, exclusive, cache):
+    values = (name, command, watch, timeout_s, kill_grace_s, env, cwd, exclusive, junit)
+    if None in (*values, cache):
         return None
     return ScriptSettings(
         name=cast(str, name),
@@ -776,7 +797,24 @@ def _script(table: Mapping[str, Any], key: str, errs: _Errors) -> ScriptSettings
         cwd=cast(str, cwd),
         exclusive=cast(bool, exclusive),
         cache=cast(bool, cache),
+        junit=cast(tuple, junit),
     )
+
+
+def _junit_globs(table: Mapping[str, Any], k: str, errs: _Errors) -> tuple[str, ...] | None:
+    """Report globs stay inside the worktree: no absolute paths, no ``..``."""
+    globs = _glob_list(table, "junit", k, (), errs)
+    if globs is None:
+        return None
+    for index, pattern in enumerate(globs):
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            errs.add(
+                f"{k}junit[{index}]",
+                f"expected a glob relative to the worktree (no '/' start, no '..'), "
+                f"got {_show(pattern)}",
+            )
+            return None
+    return globs
 
 
 def _script_name(table: Mapping[str, Any], k: str, errs: _Errors) -> str | None:
