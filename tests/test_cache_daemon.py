@@ -249,3 +249,20 @@ def test_a_reused_result_carries_its_tests(tmp_path: Path) -> None:
         assert doc == {"job_id": hit["job_id"], "tests": {"t::ok": "passed", "t::bad": "failed"}}
     finally:
         assert d.stop() == 0
+
+
+def test_logs_mark_a_reused_result() -> None:
+    from parallel_orchestrator.report.logview import format_event
+
+    event = {
+        "timestamp": "2026-01-01T00:00:00Z",
+        "event": "job_finished",
+        "hypothesis": "hyp-2",
+        "script": "tests",
+        "result": "pass",
+        "exit_code": 0,
+        "duration_s": 2.5,
+    }
+    assert "cached" not in format_event(event)
+    line = format_event({**event, "cached": True, "cached_from": "abc-j1"})
+    assert line.endswith("(cached from abc-j1)") and "hyp-2/tests" in line

@@ -181,6 +181,8 @@ def _format_event(event: Mapping[str, Any], ascii_only: bool) -> str:
             event.get("result") not in ("pass", "cancelled") and event.get("exit_code") is not None
         ):
             text += f"  exit {event.get('exit_code')}"
+        if event.get("cached") is True:
+            text += f"  (cached from {event.get('cached_from')})"  # no process ran
         return text.rstrip()
     cell = ""
     if event.get("hypothesis"):

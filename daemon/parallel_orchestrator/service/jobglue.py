@@ -30,6 +30,7 @@ from ..jobs.spec import RunFiles, make_spec, prepare_run_files, prune_runs
 from ..pipeline.scheduler import JobRequest, SchedulerHooks
 from ..repo.worktrees import Worktree
 from ..report.junit import TestReport
+from ..report.partialrun import merged_report, runs_partially
 from ..report.status import StatusBoard, iso
 from ..report.statuswriter import StatusWriter
 from ..report.testcollect import (
@@ -362,16 +363,27 @@ class JobGlue:
             )
         for problem in describe_problems(found.problems):
             self._log().warning("junit_unreadable", hypothesis=hyp, script=name, **problem)
+        report = found.report
         try:
-            if found.report is None:
+            if report is None:
                 record_results(state_dir, hyp, name, job.job_id, None)  # one unlink
             else:
-                await asyncio.to_thread(
-                    record_results, state_dir, hyp, name, job.job_id, found.report
-                )
+                if runs_partially(job.script.command):  # testmon: merge into the cell's view
+                    cell = self._board.cell(hyp, name) or {}
+                    report = await asyncio.to_thread(
+                        merged_report,
+                        state_dir,
+                        hyp,
+                        name,
+                        job.job_id,
+                        report,
+                        job.wt.path,
+                        cell.get("tests"),
+                    )
+                await asyncio.to_thread(record_results, state_dir, hyp, name, job.job_id, report)
         except OSError as exc:
             self._log().warning("results_write_failed", hypothesis=hyp, script=name, error=str(exc))
-        return found.report
+        return report
 
     def _finished(
         self,
