@@ -175,3 +175,11 @@ def test_collect_reads_only_reports_written_during_the_job(tmp_path: Path) -> No
     assert set(found.report.outcomes) == {"own", "fresh"}
     nothing = collect_tests(tmp_path / "absent.xml", tree, [], started_at=0)
     assert nothing.report is None and nothing.problems == []
+
+
+def test_a_symlinked_report_is_not_followed(tmp_path: Path) -> None:
+    real = write(tmp_path / "real.xml", '<testsuite><testcase name="t"/></testsuite>')
+    link = tmp_path / "r.xml"
+    link.symlink_to(real)
+    with pytest.raises(JunitUnreadable, match="symbolic link"):
+        parse_report(link)

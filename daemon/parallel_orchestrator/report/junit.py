@@ -15,6 +15,7 @@ are ``passed``, ``failed`` (a ``<failure>``), ``error`` (an ``<error>``) and ``s
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import xml.etree.ElementTree as ET
@@ -129,9 +130,12 @@ class _CappedReader:
 
 def _open_regular(path: Path, limit: int) -> IO[bytes]:
     try:
-        # O_NONBLOCK: opening a FIFO planted under the report's name must not hang us.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        # O_NONBLOCK: opening a FIFO planted under the report's name must not hang us;
+        # O_NOFOLLOW: a report is a file the job wrote, not a link to someone else's.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise JunitUnreadable(path, "a symbolic link (not followed)") from exc
         raise JunitUnreadable(path, f"cannot open: {exc.strerror or exc}") from exc
     try:
         st = os.fstat(fd)
