@@ -85,14 +85,19 @@ def _duration(cell: Mapping[str, Any]) -> float:
 
 
 def build_comparison(
-    doc: Mapping[str, Any], state_dir: Path, baseline: str, scripts: Sequence[str] = ()
+    doc: Mapping[str, Any],
+    state_dir: Path,
+    baseline: str,
+    scripts: Sequence[str] = (),
+    *,
+    baseline_from: str = "--baseline",
 ) -> dict[str, Any]:
     """The ``compare --json`` document; raises ``CompareError`` for an unknown baseline or
-    script name."""
+    script name (``baseline_from`` says where the baseline was named, for the message)."""
     hypotheses: Mapping[str, Any] = doc.get("hypotheses", {})
     if baseline not in hypotheses:
         known = ", ".join(sorted(hypotheses)) or "none"
-        raise CompareError(f"--baseline {baseline}: no such hypothesis (known: {known})")
+        raise CompareError(f"{baseline_from} {baseline}: no such hypothesis (known: {known})")
     all_scripts: dict[str, None] = {}
     for hyp in hypotheses.values():
         for name in hyp.get("scripts", {}):
