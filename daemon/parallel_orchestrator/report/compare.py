@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import OrchestratorError
 from .results import read_results
 
 SCHEMA_VERSION = 1
@@ -24,7 +25,7 @@ COUNT_KEYS = ("total", "passed", "failed", "errors", "skipped")
 MAX_LISTED_IDS = 10  # per hypothesis and kind in the text and markdown views
 
 
-class CompareError(Exception):
+class CompareError(OrchestratorError):
     """A usage problem (an unknown ``--baseline`` or ``--script``); one line naming it."""
 
 

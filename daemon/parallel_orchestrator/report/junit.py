@@ -27,6 +27,8 @@ from typing import IO, Any
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
+from ..errors import OrchestratorError
+
 MAX_REPORT_BYTES = 50 * 1024 * 1024
 MAX_EVENT_FAILING = 20  # ids in job_finished
 MAX_CELL_FAILING = 50  # {"id", "message"} in the status cell
@@ -39,7 +41,7 @@ _CHILD_OUTCOME = {"failure": "failed", "error": "error", "skipped": "skipped"}
 _READ_CHUNK = 64 * 1024
 
 
-class JunitUnreadable(Exception):
+class JunitUnreadable(OrchestratorError):
     """A report that is not trusted: malformed, hostile, too large or not a file."""
 
     def __init__(self, path: Path, error: str) -> None:
