@@ -161,6 +161,9 @@ def test_every_package_error_derives_from_the_one_root() -> None:
     from parallel_orchestrator.jobs.tmpdirs import TempDirError
     from parallel_orchestrator.repo.pathglob import GlobError
     from parallel_orchestrator.repo.worktrees import WorktreeError
+    from parallel_orchestrator.report.compare import CompareError
+    from parallel_orchestrator.report.junit import JunitUnreadable
+    from parallel_orchestrator.report.runlogs import RunLogError
     from parallel_orchestrator.report.statelocate import ForeignStatusFile
     from parallel_orchestrator.report.statusview import StatusFileError
     from parallel_orchestrator.service.daemon import DaemonError
@@ -173,6 +176,8 @@ def test_every_package_error_derives_from_the_one_root() -> None:
     assert issubclass(ForeignStatusFile, OrchestratorError)
     assert issubclass(TempDirError, OrchestratorError)
     assert issubclass(HostGone, OrchestratorError)
+    for error in (CompareError, JunitUnreadable, RunLogError):
+        assert issubclass(error, OrchestratorError), error
     assert issubclass(GlobError, ValueError)  # still what its callers catch
     assert ConfigError(["a: x", "b: y"]).lines == ["a: x", "b: y"]
     assert WorktreeError("one line").lines == ["one line"]

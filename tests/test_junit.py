@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,33 @@ def test_collect_reads_only_reports_written_during_the_job(tmp_path: Path) -> No
     assert set(found.report.outcomes) == {"own", "fresh"}
     nothing = collect_tests(tmp_path / "absent.xml", tree, [], started_at=0)
     assert nothing.report is None and nothing.problems == []
+
+
+def test_a_symlinked_report_is_not_followed(tmp_path: Path) -> None:
+    real = write(tmp_path / "real.xml", '<testsuite><testcase name="t"/></testsuite>')
+    link = tmp_path / "r.xml"
+    link.symlink_to(real)
+    with pytest.raises(JunitUnreadable, match="symbolic link"):
+        parse_report(link)
+
+
+def test_memory_stays_flat_while_streaming(tmp_path: Path) -> None:
+    """20,000 cases with 1 KiB of captured output each (a 24 MiB report): the parser keeps
+    the outcomes, not the document (a tree of it would be several times the file)."""
+    out = "<system-out>" + "x" * 1024 + "</system-out>"
+    with open(tmp_path / "r.xml", "w") as f:
+        f.write("<testsuites>")
+        for suite in range(20):
+            f.write(f'<testsuite name="s{suite}">')
+            for i in range(1000):
+                f.write(f'<testcase classname="m{suite}" name="t{i}">{out}</testcase>')
+            f.write("</testsuite>")
+        f.write("</testsuites>")
+    tracemalloc.start()
+    try:
+        report = parse_report(tmp_path / "r.xml")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.counts()["total"] == 20_000
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"

@@ -15,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from harness import DaemonProcess, make_repo, run_cli, wait_until, write_config
 
@@ -266,3 +268,71 @@ def test_nothing_to_read_is_exit_3(tmp_path: Path) -> None:
         got = cli(cfg, *args)
         assert got.returncode == 3, (args, got.stderr)
         assert got.stderr.strip()
+
+
+GLOB_TOOL = r"""
+import os, pathlib, sys
+out = pathlib.Path("build/reports")
+out.mkdir(parents=True, exist_ok=True)
+(out / "fresh.xml").write_text(
+    '<testsuite><testcase classname="glob" name="fresh">'
+    '<failure message="from a fixed place"/></testcase></testsuite>')
+sys.exit(1)
+"""
+
+
+def test_junit_globs_read_only_reports_written_during_the_job(tmp_path: Path) -> None:
+    repo, _ = make_repo(tmp_path, ())
+    reports = repo / "build" / "reports"
+    reports.mkdir(parents=True)
+    stale = reports / "stale.xml"
+    stale.write_text('<testsuite><testcase classname="glob" name="stale"/></testsuite>')
+    os.utime(stale, (1_000_000, 1_000_000))
+    tool = tmp_path / "glob_tool.py"
+    tool.write_text(GLOB_TOOL)
+    script = {
+        "name": "gradle",
+        "command": [sys.executable, os.fsdecode(tool)],
+        "junit": ["build/reports/*.xml"],
+    }
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [script], run_on_start=True)
+    d = DaemonProcess(cfg)
+    try:
+        d.wait_ready()
+        done = d.wait_event("job_finished")[0]
+        cell = d.cell("repo", "gradle")
+    finally:
+        assert d.stop() == 0
+    assert done["result"] == "fail"
+    assert done["tests"] == {
+        "total": 1,
+        "passed": 0,
+        "failed": 1,
+        "errors": 0,
+        "skipped": 0,
+        "failing": ["glob::fresh"],
+    }
+    assert cell["tests"]["failing"] == [{"id": "glob::fresh", "message": "from a fixed place"}]
+
+
+def test_a_new_user_gets_test_counts_from_init_and_once(tmp_path: Path) -> None:
+    files = {"calc.py": CALC, "tests/test_calc.py": TESTS, "conftest.py": ""}
+    repo, _ = make_repo(tmp_path, (), files)
+    (repo / "pytest.ini").write_text("[pytest]\n")
+    made = run_cli("init", "--repo", os.fsdecode(repo), "--output", "po.toml", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    cfg = tmp_path / "po.toml"
+    text = cfg.read_text()
+    assert "--junitxml={junit}" in text
+    # the interpreter init picked may lack pytest here: run this test's own
+    doc = tomllib.loads(text)
+    doc["scripts"][0]["command"][0] = sys.executable
+    doc["daemon"] = {**doc.get("daemon", {}), "state_dir": "state"}
+    cfg.write_text(tomli_w.dumps(doc))
+    got = run_cli("once", "-c", os.fsdecode(cfg), "--json", cwd=tmp_path)
+    assert got.returncode == 1, got.stderr
+    (result,) = json.loads(got.stdout)["results"]
+    assert result["tests"]["failing"] == [SUB_ID]
+    assert result["tests"]["total"] == 3
+    table = run_cli("once", "-c", os.fsdecode(cfg), cwd=tmp_path).stdout
+    assert "2/3 tests" in table and SUB_ID in table

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from harness import wait_until
+from harness import run_cli, wait_until
 from parallel_orchestrator.report.compare import CompareError, build_comparison
 from parallel_orchestrator.report.compareview import render_markdown, render_text
 from parallel_orchestrator.report.results import write_results
@@ -143,3 +143,17 @@ def test_status_grid_and_watch_show_test_counts(tmp_path: Path) -> None:
         stop.set()
         watcher.join(10)
     assert "pkg.mod::test_x" in out.getvalue()
+
+
+def test_compare_reads_a_copied_status_file(compared: tuple[dict[str, Any], Path]) -> None:
+    """``--status-file``: results are read beside it, no config needed."""
+    doc, state = compared
+    (state / "status.json").write_text(json.dumps(doc))
+    args = ("compare", "--status-file", str(state / "status.json"))
+    no_baseline = run_cli(*args, cwd=state)
+    assert no_baseline.returncode == 2 and "--baseline" in no_baseline.stderr
+    got = run_cli(*args, "--baseline", "base", "--json", cwd=state)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["hypotheses"][0]["scripts"]["t"]["fixed"] == ["m::b"]
+    missing = run_cli("compare", "--status-file", str(state / "nope.json"), cwd=state)
+    assert missing.returncode == 3

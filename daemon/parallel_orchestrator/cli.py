@@ -367,8 +367,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     baseline = args.baseline or _default_baseline(settings, doc)
     if baseline is None:
         return _fail("no baseline: name one with --baseline ID or [compare] baseline")
+    if args.baseline:
+        named_by = "--baseline"
+    elif settings is not None and settings.compare.baseline:
+        named_by = "compare.baseline"
+    else:
+        named_by = "the main worktree (the default baseline; name another with --baseline)"
     try:
-        comparison = build_comparison(doc, state_dir, baseline, args.script)
+        comparison = build_comparison(doc, state_dir, baseline, args.script, baseline_from=named_by)
     except CompareError as exc:
         return _fail(str(exc))
     if args.json:

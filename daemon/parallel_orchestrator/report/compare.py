@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import OrchestratorError
 from .results import read_results
 
 SCHEMA_VERSION = 1
@@ -24,7 +25,7 @@ COUNT_KEYS = ("total", "passed", "failed", "errors", "skipped")
 MAX_LISTED_IDS = 10  # per hypothesis and kind in the text and markdown views
 
 
-class CompareError(Exception):
+class CompareError(OrchestratorError):
     """A usage problem (an unknown ``--baseline`` or ``--script``); one line naming it."""
 
 
@@ -85,14 +86,19 @@ def _duration(cell: Mapping[str, Any]) -> float:
 
 
 def build_comparison(
-    doc: Mapping[str, Any], state_dir: Path, baseline: str, scripts: Sequence[str] = ()
+    doc: Mapping[str, Any],
+    state_dir: Path,
+    baseline: str,
+    scripts: Sequence[str] = (),
+    *,
+    baseline_from: str = "--baseline",
 ) -> dict[str, Any]:
     """The ``compare --json`` document; raises ``CompareError`` for an unknown baseline or
-    script name."""
+    script name (``baseline_from`` says where the baseline was named, for the message)."""
     hypotheses: Mapping[str, Any] = doc.get("hypotheses", {})
     if baseline not in hypotheses:
         known = ", ".join(sorted(hypotheses)) or "none"
-        raise CompareError(f"--baseline {baseline}: no such hypothesis (known: {known})")
+        raise CompareError(f"{baseline_from} {baseline}: no such hypothesis (known: {known})")
     all_scripts: dict[str, None] = {}
     for hyp in hypotheses.values():
         for name in hyp.get("scripts", {}):

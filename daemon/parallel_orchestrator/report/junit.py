@@ -15,6 +15,7 @@ are ``passed``, ``failed`` (a ``<failure>``), ``error`` (an ``<error>``) and ``s
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import xml.etree.ElementTree as ET
@@ -25,6 +26,8 @@ from typing import IO, Any
 
 import defusedxml
 import defusedxml.ElementTree as SafeET
+
+from ..errors import OrchestratorError
 
 MAX_REPORT_BYTES = 50 * 1024 * 1024
 MAX_EVENT_FAILING = 20  # ids in job_finished
@@ -38,7 +41,7 @@ _CHILD_OUTCOME = {"failure": "failed", "error": "error", "skipped": "skipped"}
 _READ_CHUNK = 64 * 1024
 
 
-class JunitUnreadable(Exception):
+class JunitUnreadable(OrchestratorError):
     """A report that is not trusted: malformed, hostile, too large or not a file."""
 
     def __init__(self, path: Path, error: str) -> None:
@@ -129,9 +132,12 @@ class _CappedReader:
 
 def _open_regular(path: Path, limit: int) -> IO[bytes]:
     try:
-        # O_NONBLOCK: opening a FIFO planted under the report's name must not hang us.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        # O_NONBLOCK: opening a FIFO planted under the report's name must not hang us;
+        # O_NOFOLLOW: a report is a file the job wrote, not a link to someone else's.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise JunitUnreadable(path, "a symbolic link (not followed)") from exc
         raise JunitUnreadable(path, f"cannot open: {exc.strerror or exc}") from exc
     try:
         st = os.fstat(fd)
@@ -156,10 +162,14 @@ def _case_outcome(case: ET.Element) -> tuple[str, str | None]:
     return outcome, message
 
 
-def _drop_last_child(parent: ET.Element, child: ET.Element) -> None:
-    """Streaming: forget a finished case (or suite) so memory stays flat."""
-    if len(parent) and parent[-1] is child:
-        del parent[-1]
+def _forget_ended(parent: list[Any], batch: int = 256) -> None:
+    """Count one more ended child of ``parent``; drop the ended ones in batches. (The
+    parser runs ahead of the events, so the child that just ended is not the parent's
+    last one: only the ended prefix may go.)"""
+    parent[1] += 1
+    if parent[1] >= batch:
+        del parent[0][: parent[1]]
+        parent[1] = 0
 
 
 def parse_report(path: Path, limit: int = MAX_REPORT_BYTES) -> TestReport:
@@ -171,12 +181,14 @@ def parse_report(path: Path, limit: int = MAX_REPORT_BYTES) -> TestReport:
     with _open_regular(path, limit) as f:
         source = _CappedReader(f, path, limit)
         try:
-            open_elements: list[ET.Element] = []
+            # [element, how many of its children have ended]: ended children are a prefix
+            # of its children (document order), dropped in slices to keep memory flat.
+            open_elements: list[list[Any]] = []
             for event, element in SafeET.iterparse(source, events=("start", "end")):
                 if event == "start":
                     if not open_elements and element.tag not in ("testsuites", "testsuite"):
                         raise JunitUnreadable(path, f"not a JUnit report (root <{element.tag}>)")
-                    open_elements.append(element)
+                    open_elements.append([element, 0])
                     continue
                 open_elements.pop()
                 if element.tag == "testcase":
@@ -184,7 +196,8 @@ def parse_report(path: Path, limit: int = MAX_REPORT_BYTES) -> TestReport:
                     case_id = test_id(element.get("classname"), element.get("name"))
                     report.add(case_id, outcome, message)
                 if element.tag in ("testcase", "testsuite") and open_elements:
-                    _drop_last_child(open_elements[-1], element)
+                    element.clear()
+                    _forget_ended(open_elements[-1])
         except defusedxml.DefusedXmlException as exc:
             raise JunitUnreadable(path, f"refused: {type(exc).__name__}") from exc
         except ET.ParseError as exc:

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..store.folders import make_dirs
+from ..store.atomic import write_atomic
+from ..store.safe_open import open_regular
 from .junit import OUTCOMES
-from .status import write_atomic
 
 RESULTS_DIR = "results"
+MAX_RESULTS_BYTES = 256 * 1024 * 1024  # far beyond any suite: a damaged file stays bounded
 
 
 def results_path(state_dir: Path, hypothesis: str, script: str) -> Path:
@@ -48,9 +49,8 @@ def merge_results(
 def write_results(state_dir: Path, hypothesis: str, script: str, doc: Mapping[str, Any]) -> Path:
     """Replace the cell's results file with ``doc``; raises OSError."""
     path = results_path(state_dir, hypothesis, script)
-    make_dirs(path.parent, 0o700)
     data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace")
-    write_atomic(path, data, mode=0o600)
+    write_atomic(path, data, mode=0o600, dir_mode=0o700)
     return path
 
 
@@ -59,7 +59,8 @@ def read_results(state_dir: Path, hypothesis: str, script: str) -> dict[str, Any
     damaged file: ``compare`` treats it as no test-level results)."""
     path = results_path(state_dir, hypothesis, script)
     try:
-        doc = json.loads(path.read_bytes())
+        with os.fdopen(open_regular(path), "rb") as f:
+            doc = json.loads(f.read(MAX_RESULTS_BYTES))
     except (OSError, ValueError):
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("tests"), dict):

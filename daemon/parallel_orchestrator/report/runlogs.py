@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import OrchestratorError
+
 RUNS_DIR = "runs"
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
-class RunLogError(Exception):
+class RunLogError(OrchestratorError):
     """A usage problem (a malformed cell or job id); one line naming it."""
 
 
