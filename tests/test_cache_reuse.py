@@ -90,3 +90,24 @@ async def test_a_timeout_is_never_shared_or_stored(tmp_path: Path) -> None:
     reuse.abandon(key.value)  # a cancelled leader lets the next one lead
     assert await reuse.share(key.value) == (None, True)
     reuse.close()
+
+
+async def test_a_cancelled_leader_hands_the_lead_to_one_waiter(tmp_path: Path) -> None:
+    _, trees = make_repo(tmp_path / "r", ("h1",))
+    reuse = ResultReuse(tmp_path / "state", RULES)
+    reuse.set_worktrees({"h1": trees["h1"]})
+    key = await reuse.key("h1", SCRIPT)
+    assert key is not None
+    assert await reuse.share(key.value) == (None, True)
+    waiters = [asyncio.ensure_future(reuse.share(key.value)) for _ in range(3)]
+    await asyncio.sleep(0)
+    reuse.abandon(key.value)  # the leader was cancelled (a newer change, say)
+    done, pending = await asyncio.wait(waiters, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    assert [w.result() for w in done] == [(None, True)] and len(pending) == 2
+    log = tmp_path / "run.log"
+    log.write_bytes(b"out\n")
+    await reuse.settle(key, "h1", SCRIPT, result_of(key.value, "h1"), log)
+    for waiter in pending:
+        hit, leader = await waiter
+        assert hit is not None and not leader
+    reuse.close()

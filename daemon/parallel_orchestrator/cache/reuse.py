@@ -35,6 +35,7 @@ from .listing import IgnoreRules, ListingError
 from .store import REUSABLE, CachedResult, ResultStore
 
 T = TypeVar("T")
+_LEAD_AGAIN = True  # an in-flight future's value: its leader gave up, elect another
 CACHE_DIR = "cache"
 # How long after a job ends the watcher may still be delivering changes made before the
 # end (its step, at most 50 ms, plus a chunk and the loop's latency).
@@ -68,7 +69,7 @@ class ResultReuse:
         self.log = get_logger()
         self.store = ResultStore(state_dir / CACHE_DIR, on_problem=self._entry_problem)
         self._indexes: dict[str, FileDigestIndex] = {}
-        self._inflight: dict[str, asyncio.Future[Hit | None]] = {}
+        self._inflight: dict[str, asyncio.Future[Hit | bool | None]] = {}
         self._settling: set[asyncio.Task[None]] = set()
         # One worker thread of its own: hashing and git stay off the loop without growing
         # the loop's default executor (each index serialises its own work anyway).
@@ -142,18 +143,23 @@ class ResultReuse:
     async def share(self, key: str) -> tuple[Hit | None, bool]:
         """``(hit, leader)``: a stored result, else the result of the running job with
         this key (waited for), else ``leader`` True: the caller runs and must call
-        ``settle`` or ``abandon`` for ``key``. A shared run that produced nothing
-        reusable gives ``(None, False)``: the caller runs on its own."""
-        running = self._inflight.get(key)
-        if running is None:  # checked first: joining a running job needs no disk read
-            hit = await self.lookup(key)
-            if hit is not None:
-                return hit, False
+        ``settle`` or ``abandon`` for ``key``. A shared run that ended without a
+        reusable result (timeout, error, inputs changed) gives ``(None, False)``: the
+        caller runs on its own (one timeout each, not one after another). A leader that
+        was cancelled hands the lead to one of its waiters."""
+        while True:
             running = self._inflight.get(key)
-            if running is None:
-                self._inflight[key] = asyncio.get_running_loop().create_future()
-                return None, True
-        return await asyncio.shield(running), False
+            if running is None:  # checked first: joining a running job needs no disk read
+                hit = await self.lookup(key)
+                if hit is not None:
+                    return hit, False
+                running = self._inflight.get(key)
+                if running is None:
+                    self._inflight[key] = asyncio.get_running_loop().create_future()
+                    return None, True
+            outcome = await asyncio.shield(running)
+            if outcome is not _LEAD_AGAIN:
+                return outcome, False  # type: ignore[return-value]
 
     async def run_shared(
         self,
@@ -182,10 +188,11 @@ class ResultReuse:
         return done
 
     def abandon(self, key: str) -> None:
-        """The leader of ``key`` ends without a reusable result: its waiters run."""
+        """The leader of ``key`` was cancelled (or crashed) before its result: one of its
+        waiters leads instead, the others wait on."""
         running = self._inflight.pop(key, None)
         if running is not None and not running.done():
-            running.set_result(None)
+            running.set_result(_LEAD_AGAIN)
 
     # -- storing -----------------------------------------------------------------------
     async def settle(

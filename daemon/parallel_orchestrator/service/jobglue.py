@@ -233,6 +233,9 @@ class JobGlue:
                     reason="an equal job is running",
                 )
             hit, leader = await self._reuse.share(key.value)
+        except Exception:  # a bug in the cache must cost the reuse, not the job
+            self._log().exception("cache_failed", hypothesis=wt.id, script=script.name)
+            return None
         except asyncio.CancelledError:
             # Cancelled before anything ran (a newer change, shutdown): as a dropped request.
             if self._board.mark_dropped(wt.id, script.name):
