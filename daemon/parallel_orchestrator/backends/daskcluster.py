@@ -116,6 +116,7 @@ class DaskBackend:
         # sends "release" on the client's batched stream (10 ms windows), and the next
         # job's submit, a moment later, would wait for the next window.
         self._finished: list[Any] = []
+        self._check_now = asyncio.Event()  # a job saw the connection go: look at once
 
     # == life cycle =======================================================================
     async def start(self) -> None:
@@ -193,7 +194,9 @@ class DaskBackend:
     async def _watch_connection(self) -> None:
         """Notice a lost scheduler; fail the jobs it took along; reconnect with backoff."""
         while True:
-            await asyncio.sleep(_WATCH_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), _WATCH_EVERY_S)
+            self._check_now.clear()
             self._finished.clear()
             conn = self._conn
             if conn is None or conn.healthy():
@@ -339,6 +342,7 @@ class DaskBackend:
         else:
             kind, value = waiter.result()
         if kind == "lost":
+            self._check_now.set()
             return _error(
                 t0, started_at, f"lost the connection to the dask scheduler at {self.address}"
             )
