@@ -55,6 +55,7 @@ _WATCH_EVERY_S = 0.5
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _KILL_SLACK_S = 2.0
+_SEND_INTERVAL_S = 0.002
 _ABANDONED_KEPT = 1024
 
 
@@ -186,6 +187,11 @@ class DaskBackend:
             raise BackendUnavailable(
                 f"cannot reach the dask scheduler at {self.address}: {reason}"
             ) from exc
+        # The client batches what it sends the scheduler in 10 ms windows; a submit that
+        # comes a moment after the last send (the job before it) waits for the next
+        # window. Workers use 2 ms; so do we (BatchedSend reads it at every send).
+        if client.scheduler_comm is not None:
+            client.scheduler_comm.interval = _SEND_INTERVAL_S
         conn = _Connection(client, client.scheduler_comm, f"po-started-{client.id}")
         client.subscribe_topic(conn.topic, lambda event: self._on_job_event(conn, event[1]))
         client.subscribe_topic("all", lambda event: self._on_cluster_event(conn, event[1]))
