@@ -54,7 +54,8 @@ CONNECT_TIMEOUT_S = 10.0
 _WATCH_EVERY_S = 0.5
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
-_KILL_SLACK_S = 2.0
+# Within the daemon's shutdown budget (kill_grace_s + 2 s, of which it gives jobs + 1.5 s).
+_KILL_SLACK_S = 1.25
 _SEND_INTERVAL_S = 0.002
 _ABANDONED_KEPT = 1024
 
