@@ -8,6 +8,7 @@ job hosts, on this machine, so the tests can watch them by pid.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -177,6 +178,25 @@ async def test_changed_file_lists_reach_the_worker(backend: DaskBackend, tmp_pat
     lines = outcome.output_tail.splitlines()
     assert lines[:2] == ["a.py", "b/c.py"]
     assert lines[2] != str(state / "j.changed")  # a private copy on the worker
+
+
+async def test_a_junit_report_comes_back_to_the_daemons_path(
+    backend: DaskBackend, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    report = state / "j.junit.xml"
+    spec = spec_for(
+        tmp_path,
+        "junit",
+        'echo \'<testsuite tests="1"/>\' > "$1"; echo "$PO_JUNIT_XML" >&2',
+        env={"PO_JUNIT_XML": str(report)},
+    )
+    spec = dataclasses.replace(spec, argv=(*spec.argv, "sh", str(report)))  # like {junit}
+    outcome = await backend.run(spec)
+    assert outcome.result == "pass", outcome.output_tail
+    assert report.read_text() == '<testsuite tests="1"/>\n'
+    assert outcome.output_tail.strip() != str(report)  # written on the worker, then shipped
 
 
 async def test_the_private_temp_folder_is_made_on_the_worker(

@@ -456,7 +456,7 @@ def _remote_job(spec: JobSpec, topic: str) -> RemoteJob:
         path = spec.env.get(var)
         if path and path != os.devnull:
             inputs[var] = Path(path).read_bytes()
-    outputs = tuple(var for var in SHIPPED_OUTPUTS if spec.env.get(var))
+    outputs = tuple(var for var in SHIPPED_OUTPUTS if spec.env.get(var, os.devnull) != os.devnull)
     return RemoteJob(spec=spec, topic=topic, inputs=inputs, outputs=outputs)
 
 
