@@ -184,6 +184,11 @@ def test_a_stalled_stdout_reader_never_stops_the_daemon(tmp_path: Path) -> None:
         assert proc.wait(30) == 0
         assert time.monotonic() - started < 1 + 2 + 1 + 2  # grace, bound, drain, slack
         assert _status(status)["daemon"]["state"] == "stopped"
+        # Every contract event still reached the event history in the state dir.
+        history = (status.parent / "events.jsonl").read_text().splitlines()
+        events = [json.loads(line)["event"] for line in history]
+        assert events[-1] == "daemon_stopped"
+        assert events.count("job_finished") >= 6 * NOISY  # start-up (2 x) and four reruns
     finally:
         if proc.poll() is None:
             proc.kill()
