@@ -7,6 +7,9 @@ it) in the same process and the same run:
 
 * latency: the jobs one after another; per job, the time from ``backend.run()`` to its
   return. Added latency = the dask figure minus the local one (p50 and p90).
+* Dask's own floor, same cluster: an empty coroutine task submitted and awaited (the
+  result fetched as usual), and one whose result comes back as a worker event (the path
+  the backend uses for small results). What is left above it is the backend's own cost.
 * throughput: all jobs at once, at most ``--concurrency`` in flight (the cluster has 2
   workers x concurrency/2 threads); wall time of the lot and the ratio dask / local.
 
@@ -24,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from distributed import LocalCluster
+from distributed import Client, LocalCluster, get_worker
 
 from parallel_orchestrator.backends.base import JobBackend, LocalBackend
 from parallel_orchestrator.backends.daskcluster import DaskBackend
@@ -66,6 +69,39 @@ async def all_at_once(backend: JobBackend, folder: Path, jobs: int, base: int, l
     return time.perf_counter() - t0
 
 
+async def empty_task(n: int, topic: str) -> int:
+    if topic:
+        get_worker().log_event(topic, {"n": n})
+    return n
+
+
+async def dask_floor(address: str, jobs: int) -> tuple[list[float], list[float]]:
+    """Per task: submit -> result, and submit -> the task's event."""
+    async with Client(address, asynchronous=True) as client:
+        loop = asyncio.get_running_loop()
+        heard: dict[int, asyncio.Future[None]] = {}
+
+        def on_event(event: tuple[float, dict[str, int]]) -> None:
+            fut = heard.get(event[1]["n"])
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+        client.subscribe_topic("bench-floor", on_event)
+        await client.submit(empty_task, -1, "", pure=False)
+        by_result, by_event = [], []
+        for n in range(jobs):
+            t0 = time.perf_counter()
+            await client.submit(empty_task, n, "", pure=False)
+            by_result.append(time.perf_counter() - t0)
+            heard[n] = loop.create_future()
+            t0 = time.perf_counter()
+            future = client.submit(empty_task, n, "bench-floor", pure=False)
+            await heard[n]
+            by_event.append(time.perf_counter() - t0)
+            await future
+        return by_result, by_event
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -100,10 +136,13 @@ async def main(args: argparse.Namespace) -> None:
                 base += 10_000
                 wall_dask = await all_at_once(dask, folder, args.jobs, base, args.concurrency)
                 base += 10_000
-                rows.append((lat_local, lat_dask, wall_local, wall_dask))
+                floor_result, floor_event = await dask_floor(cluster.scheduler_address, args.jobs)
+                rows.append((lat_local, lat_dask, wall_local, wall_dask, floor_result, floor_event))
                 print(
                     f"round {r + 1}: one by one p50 local {pct(lat_local, 0.5) * 1e3:.2f} ms, "
-                    f"dask {pct(lat_dask, 0.5) * 1e3:.2f} ms; "
+                    f"dask {pct(lat_dask, 0.5) * 1e3:.2f} ms, empty dask task "
+                    f"{pct(floor_result, 0.5) * 1e3:.2f} ms (by event "
+                    f"{pct(floor_event, 0.5) * 1e3:.2f} ms); "
                     f"{args.jobs} at once (<= {args.concurrency}) local {wall_local:.3f} s, "
                     f"dask {wall_dask:.3f} s"
                 )
@@ -112,12 +151,19 @@ async def main(args: argparse.Namespace) -> None:
     lat_dask = [t for row in rows for t in row[1]]
     added50 = (pct(lat_dask, 0.5) - pct(lat_local, 0.5)) * 1e3
     added90 = (pct(lat_dask, 0.9) - pct(lat_local, 0.9)) * 1e3
+    floor_result = [t for row in rows for t in row[4]]
+    floor_event = [t for row in rows for t in row[5]]
     wall_local = statistics.median(row[2] for row in rows)
     wall_dask = statistics.median(row[3] for row in rows)
     print(f"\n{args.jobs} x /bin/true, 2-worker LocalCluster(processes=True), {args.rounds} rounds")
     print(
         f"latency per job p50: local {pct(lat_local, 0.5) * 1e3:.2f} ms, "
         f"dask {pct(lat_dask, 0.5) * 1e3:.2f} ms -> added {added50:.2f} ms (goal <= 5 ms)"
+    )
+    print(
+        f"Dask's floor p50: an empty task {pct(floor_result, 0.5) * 1e3:.2f} ms, "
+        f"its event {pct(floor_event, 0.5) * 1e3:.2f} ms -> the backend's own cost "
+        f"{(pct(lat_dask, 0.5) - pct(floor_event, 0.5)) * 1e3:.2f} ms above the event floor"
     )
     print(
         f"latency per job p90: local {pct(lat_local, 0.9) * 1e3:.2f} ms, "

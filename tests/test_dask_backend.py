@@ -8,13 +8,15 @@ job hosts, on this machine, so the tests can watch them by pid.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -178,6 +180,25 @@ async def test_changed_file_lists_reach_the_worker(backend: DaskBackend, tmp_pat
     assert lines[2] != str(state / "j.changed")  # a private copy on the worker
 
 
+async def test_a_junit_report_comes_back_to_the_daemons_path(
+    backend: DaskBackend, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    report = state / "j.junit.xml"
+    spec = spec_for(
+        tmp_path,
+        "junit",
+        'echo \'<testsuite tests="1"/>\' > "$1"; echo "$PO_JUNIT_XML" >&2',
+        env={"PO_JUNIT_XML": str(report)},
+    )
+    spec = dataclasses.replace(spec, argv=(*spec.argv, "sh", str(report)))  # like {junit}
+    outcome = await backend.run(spec)
+    assert outcome.result == "pass", outcome.output_tail
+    assert report.read_text() == '<testsuite tests="1"/>\n'
+    assert outcome.output_tail.strip() != str(report)  # written on the worker, then shipped
+
+
 async def test_the_private_temp_folder_is_made_on_the_worker(
     backend: DaskBackend, tmp_path: Path
 ) -> None:
@@ -318,8 +339,6 @@ def test_without_distributed_the_local_backend_still_imports(tmp_path: Path) -> 
         "try:\n    open_backend('dask', 'tcp://x:1')\n"
         "except BackendUnavailable as e:\n    print(e)\n"
     )
-    import subprocess
-
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=dict(os.environ, PYTHONPATH=str(tmp_path)),
@@ -363,3 +382,85 @@ def test_once_with_an_unreachable_scheduler_exits_2_in_one_line(tmp_path: Path) 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and address in lines[0], done.stderr
+
+
+class ClusterProcesses:
+    """``dask scheduler`` and ``dask worker`` as separate processes, as a user runs them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.folder = folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"{args[0]}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dask"), *args],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def scheduler(self) -> subprocess.Popen[bytes]:
+        return self._start(
+            "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"
+        )
+
+    def worker(self) -> subprocess.Popen[bytes]:
+        return self._start(
+            "worker", self.address, "--nworkers", "1", "--nthreads", "2", "--no-dashboard"
+        )
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+async def until(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_lost_scheduler_fails_its_jobs_and_is_reconnected(tmp_path: Path) -> None:
+    procs = ClusterProcesses(tmp_path)
+    events = Events()
+    try:
+        scheduler = procs.scheduler()
+        procs.worker()
+        backend = DaskBackend(procs.address, log=lambda: events, connect_timeout_s=20)
+        await backend.start()
+        try:
+            spec = spec_for(tmp_path, "orphan", STUBBORN, kill_grace_s=0.5)
+            task = asyncio.ensure_future(backend.run(spec))
+            pids = await pids_in(tmp_path / "pids", 2, timeout=60)
+            os.killpg(scheduler.pid, signal.SIGKILL)
+            outcome = await asyncio.wait_for(task, 30)
+            assert outcome.result == "error"
+            assert f"lost the connection to the dask scheduler at {procs.address}" in (
+                outcome.error_message
+            )
+            await until(lambda: any(name == "scheduler_lost" for name, _ in events.lines), 10)
+            # The worker notices too and ends; its job host takes the job along.
+            assert await all_gone(pids, 60.0), [p for p in pids if running(p)]
+            procs.scheduler()
+            procs.worker()
+            await until(lambda: any(n == "scheduler_reconnected" for n, _ in events.lines), 60)
+            again = await asyncio.wait_for(backend.run(spec_for(tmp_path, "back", "echo ok")), 60)
+            assert again.result == "pass", again
+        finally:
+            await backend.close()
+    finally:
+        procs.close()

@@ -75,11 +75,29 @@ def test_the_daemon_runs_jobs_on_the_cluster(cluster: LocalCluster, tmp_path: Pa
         "watch": ["**/*.py"],
         "timeout_s": 30,
     }
-    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [script], run_on_start=True)
+    report = (
+        '<testsuite tests="2" failures="1"><testcase classname="t" name="ok"/>'
+        '<testcase classname="t" name="bad"><failure message="no"/></testcase></testsuite>'
+    )
+    junit = {
+        "name": "junit",
+        "command": ["sh", "-c", f"echo '{report}' > \"$0\"", "{junit}"],
+        "watch": ["**/*.py"],
+        "timeout_s": 30,
+    }
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [script, junit], run_on_start=True)
     daemon = DaemonProcess(with_executor(cfg, cluster.scheduler_address))
     try:
-        finished = {e["hypothesis"]: e for e in daemon.wait_event("job_finished", count=3)}
-        started = {e["hypothesis"]: e for e in daemon.events("job_started")}
+        reports = daemon.wait_event("job_finished", lambda e: e["script"] == "junit", count=3)
+        assert all(e["tests"] == reports[0]["tests"] for e in reports)
+        assert reports[0]["tests"]["failing"] == ["t::bad"], reports[0]  # read after shipping
+        finished = {
+            e["hypothesis"]: e
+            for e in daemon.wait_event("job_finished", lambda e: e["script"] == "unit", count=3)
+        }
+        started = {
+            e["hypothesis"]: e for e in daemon.events("job_started") if e["script"] == "unit"
+        }
         workers = worker_addresses(cluster)
         assert {finished[h]["result"] for h in ("repo", "hyp-2")} == {"fail"}
         assert finished["hyp-1"]["result"] == "pass"

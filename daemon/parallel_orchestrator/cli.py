@@ -160,7 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: early.append(signum))
 
-    from .report.eventlog import EVENTS_FILE, configure_logging, keep_event_history
+    from .report.eventlog import (
+        EVENTS_FILE,
+        configure_logging,
+        drain_logging,
+        keep_event_history,
+    )
     from .service.daemon import Daemon, prepare_state_dir
 
     settings = _load(args.config)
@@ -173,7 +178,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"log file {d.log_file}: cannot open: {exc.strerror or exc}")
     if any(sig in (signal.SIGTERM, signal.SIGINT) for sig in early):
         return EXIT_OK  # asked to stop before anything started
-    return asyncio.run(Daemon(settings, early_signals=early).run())
+    try:
+        return asyncio.run(Daemon(settings, early_signals=early).run())
+    finally:
+        drain_logging()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

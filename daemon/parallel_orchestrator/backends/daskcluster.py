@@ -54,7 +54,9 @@ CONNECT_TIMEOUT_S = 10.0
 _WATCH_EVERY_S = 0.5
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MAX_S = 30.0
-_KILL_SLACK_S = 2.0
+# Within the daemon's shutdown budget (kill_grace_s + 2 s, of which it gives jobs + 1.5 s).
+_KILL_SLACK_S = 1.25
+_SEND_INTERVAL_S = 0.002
 _ABANDONED_KEPT = 1024
 
 
@@ -116,6 +118,7 @@ class DaskBackend:
         # sends "release" on the client's batched stream (10 ms windows), and the next
         # job's submit, a moment later, would wait for the next window.
         self._finished: list[Any] = []
+        self._check_now = asyncio.Event()  # a job saw the connection go: look at once
 
     # == life cycle =======================================================================
     async def start(self) -> None:
@@ -185,6 +188,11 @@ class DaskBackend:
             raise BackendUnavailable(
                 f"cannot reach the dask scheduler at {self.address}: {reason}"
             ) from exc
+        # The client batches what it sends the scheduler in 10 ms windows; a submit that
+        # comes a moment after the last send (the job before it) waits for the next
+        # window. Workers use 2 ms; so do we (BatchedSend reads it at every send).
+        if client.scheduler_comm is not None:
+            client.scheduler_comm.interval = _SEND_INTERVAL_S
         conn = _Connection(client, client.scheduler_comm, f"po-started-{client.id}")
         client.subscribe_topic(conn.topic, lambda event: self._on_job_event(conn, event[1]))
         client.subscribe_topic("all", lambda event: self._on_cluster_event(conn, event[1]))
@@ -193,7 +201,9 @@ class DaskBackend:
     async def _watch_connection(self) -> None:
         """Notice a lost scheduler; fail the jobs it took along; reconnect with backoff."""
         while True:
-            await asyncio.sleep(_WATCH_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), _WATCH_EVERY_S)
+            self._check_now.clear()
             self._finished.clear()
             conn = self._conn
             if conn is None or conn.healthy():
@@ -339,6 +349,7 @@ class DaskBackend:
         else:
             kind, value = waiter.result()
         if kind == "lost":
+            self._check_now.set()
             return _error(
                 t0, started_at, f"lost the connection to the dask scheduler at {self.address}"
             )
@@ -445,7 +456,7 @@ def _remote_job(spec: JobSpec, topic: str) -> RemoteJob:
         path = spec.env.get(var)
         if path and path != os.devnull:
             inputs[var] = Path(path).read_bytes()
-    outputs = tuple(var for var in SHIPPED_OUTPUTS if spec.env.get(var))
+    outputs = tuple(var for var in SHIPPED_OUTPUTS if spec.env.get(var, os.devnull) != os.devnull)
     return RemoteJob(spec=spec, topic=topic, inputs=inputs, outputs=outputs)
 
 

@@ -8,6 +8,7 @@ shape is a contract. ``configure_logging`` may be called again (on reload) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 import structlog
 
 from ..store.folders import make_dirs
+from .linequeue import BackgroundLines, complain
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -64,8 +66,12 @@ class JsonLineSink:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._ident: tuple[int, int] | None = None
+        # stdout (a pipe, a terminal, a full disk): through a writer thread, never blocking.
+        self._background: BackgroundLines | None = None
         if path is not None:
             self._open()
+        else:
+            self._background = _background_for(self._stream)
 
     def _open(self) -> None:
         assert self._path is not None
@@ -87,13 +93,16 @@ class JsonLineSink:
 
     def write_line(self, line: str) -> None:
         data = line + "\n"
+        if self._background is not None:
+            self._background.put(data.encode("utf-8", "replace"))
+            return
         with self._lock:
             if self._path is None:
                 try:
                     self._stream.write(data)
                     self._stream.flush()
-                except (BrokenPipeError, ValueError):
-                    # stdout went away (a closed pipe): logging must never kill the daemon.
+                except (OSError, ValueError):
+                    # stdout went away or is full: logging must never kill the daemon.
                     pass
                 return
             try:
@@ -104,10 +113,12 @@ class JsonLineSink:
             except OSError as exc:
                 # The log file is unwritable (disk full, permissions): fall back to stderr
                 # for this line rather than losing it silently.
-                sys.stderr.write(f"parallel-orchestrator: cannot write log {self._path}: {exc}\n")
-                sys.stderr.write(data)
+                complain(f"parallel-orchestrator: cannot write log {self._path}: {exc}\n{data}")
 
-    def close(self) -> None:
+    def close(self, timeout: float = 1.0) -> None:
+        """Close the file; stdout's writer gets ``timeout`` s to write what it holds."""
+        if self._background is not None:
+            self._background.close(timeout)
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
@@ -174,7 +185,7 @@ class EventHistory:
                 self._failed = False
             except OSError as exc:
                 if not self._failed:  # once per failure spell, not once per line
-                    sys.stderr.write(f"parallel-orchestrator: cannot write {self.path}: {exc}\n")
+                    complain(f"parallel-orchestrator: cannot write {self.path}: {exc}\n")
                 self._failed = True
 
     def close(self) -> None:
@@ -195,6 +206,17 @@ class _Tee:
             history.append(message)
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _background_for(stream: TextIO) -> BackgroundLines | None:
+    """A writer thread for a stream backed by a real fd; None for an in-memory one."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()  # what was written through the stream goes out before our lines
+    return BackgroundLines(fd)
 
 
 class _LevelFilter:
@@ -278,6 +300,13 @@ def move_event_history(path: Path) -> None:
     """A reload moved the state dir: the history follows it (when one is kept)."""
     if _history is not None and _history.path != path:
         keep_event_history(path)
+
+
+def drain_logging(timeout: float = 1.0) -> None:
+    """At exit: give the log's writer up to ``timeout`` s to write what it still holds
+    (a reader that stalled for good must not hold up the exit)."""
+    if _sink is not None:
+        _sink.close(timeout)
 
 
 def reset_logging() -> None:
