@@ -136,7 +136,7 @@ class JobGlue:
             await self._run(req, wt, script, job_id, ticket or None)
         except BaseException:
             if ticket and ticket.leader and self._reuse is not None:
-                self._reuse.abandon(ticket.key.value)  # cancelled or crashed: waiters run
+                self._reuse.abandon(ticket.key.value)  # cancelled or crashed: a waiter leads
             raise
 
     async def _run(
