@@ -166,7 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         drain_logging,
         keep_event_history,
     )
-    from .service.daemon import Daemon, prepare_state_dir
+    from .service.daemon import Daemon
+    from .service.statedir import prepare_state_dir
 
     settings = _load(args.config)
     d = settings.daemon

@@ -192,7 +192,7 @@ class JobGlue:
             try:
                 self._ledger.remove(job.job_id)
             except OSError as exc:
-                self._ledger_failed(exc)
+                self.ledger_failed(exc)
         tests = None if cancelled else await self._read_tests(job, files, started_wall)
         worker = worker_box[0] if worker_box else None
         self._finished(job, outcome, worker, tests, cached_from="" if ticket else None)
@@ -314,7 +314,7 @@ class JobGlue:
             )
             return None
 
-    def _ledger_failed(self, exc: OSError) -> None:
+    def ledger_failed(self, exc: OSError) -> None:
         self._log().warning("ledger_write_failed", path=os.fsdecode(self.jobs_dir), error=str(exc))
 
     def _started(self, job: _Job, pid: int, worker: str | None, started_wall: float) -> None:
@@ -332,7 +332,7 @@ class JobGlue:
             try:
                 self._ledger.add(record)
             except OSError as exc:
-                self._ledger_failed(exc)
+                self.ledger_failed(exc)
         self._board.update(
             job.wt.id,
             job.script.name,
@@ -507,8 +507,21 @@ def report_recovered(
     for found_job in recovered:
         rec = found_job.record
         if rec is None:
+            moved = found_job.moved_to
             log.warning(
-                "job_record_unreadable", path=os.fsdecode(found_job.path), error=found_job.problem
+                "job_record_unreadable",
+                path=os.fsdecode(found_job.path),
+                error=found_job.problem,
+                moved_to=None if moved is None else os.fsdecode(moved),
+            )
+            continue
+        if found_job.daemon_alive:
+            log.warning(
+                "job_record_skipped",
+                path=os.fsdecode(found_job.path),
+                job_id=rec.job_id,
+                daemon_pid=rec.daemon_pid,
+                reason="the daemon that runs this job is still running",
             )
             continue
         board.update(
