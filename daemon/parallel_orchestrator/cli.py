@@ -486,9 +486,10 @@ def _print_run_log(log: Path) -> None:
     """The bytes as they are into a pipe or file; on a terminal, control characters made
     visible (a job's output must not drive the terminal)."""
     from .report.safetext import block
+    from .store.safe_open import open_regular
 
     sys.stdout.flush()
-    with open(log, "rb") as f:
+    with os.fdopen(open_regular(log, follow=True), "rb") as f:  # a FIFO must not hang
         if sys.stdout.isatty():
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
             while chunk := f.read(1 << 16):

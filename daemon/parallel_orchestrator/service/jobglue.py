@@ -42,6 +42,7 @@ from ..report.testcollect import (
 )
 from ..settings.loader import ScriptSettings, Settings
 from ..states import CANCELLED, ERROR, OUTPUT_TAIL_BYTES, PASS, RUNNING
+from ..store.safe_open import open_regular
 
 TAIL_BYTES = OUTPUT_TAIL_BYTES
 
@@ -465,7 +466,7 @@ def read_tail(path: Path | None, size: int = TAIL_BYTES) -> str:
     if path is None:
         return ""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - size))
             return f.read().decode("utf-8", "replace")
