@@ -386,3 +386,16 @@ def test_leftovers_of_a_killed_daemon_are_removed_at_start(tmp_path: Path, daemo
     assert [p.exists() for p in orphans] == [False, False]
     assert all(p.exists() for p in kept)
     assert d.stop() == 0
+
+
+def test_once_refuses_an_untrusted_state_dir_too(tmp_path: Path) -> None:
+    """``once`` writes run logs and reads cache entries there: the same refusal."""
+    config = _setup(tmp_path)
+    state = config.parent / "state"
+    state.mkdir(mode=0o700)
+    state.chmod(0o777)
+    done = run_cli("once", "-c", os.fsdecode(config), cwd=config.parent, timeout=QUICK_START_S)
+    assert done.returncode == 2, done.stderr + done.stdout
+    assert f"daemon.state_dir {state}: refusing" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (state / "runs").exists()

@@ -233,6 +233,9 @@ def cmd_once(args: argparse.Namespace) -> int:
     scripts = [s for s in settings.scripts if not args.script or s.name in args.script]
     if not selected_wt:
         return _fail("no hypothesis to run (check worktrees.repo / paths / include)")
+    from .service.statedir import prepare_state_dir
+
+    prepare_state_dir(settings.daemon.state_dir)  # run logs and cache: trusted, as for run
     progress = _once_progress(len(selected_wt) * len(scripts))
     # An unreachable cluster ([executor]) raises BackendUnavailable: main() prints it, exit 2.
     work = run_once(settings, selected_wt, scripts, progress, use_cache=not args.no_cache)
