@@ -10,6 +10,7 @@ crash. Unit proofs of the opener itself live in test_store.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -399,3 +400,27 @@ def test_once_refuses_an_untrusted_state_dir_too(tmp_path: Path) -> None:
     assert f"daemon.state_dir {state}: refusing" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (state / "runs").exists()
+
+
+def test_a_state_dir_taken_by_another_daemon_stops_this_one(
+    tmp_path: Path, daemons, tag_env
+) -> None:
+    """The state dir replaced by one whose lock another daemon already holds: this one
+    cannot keep its crash ledger there, so it stops (its jobs with it), clearly."""
+    config, d1, marker = _stuck_job(tmp_path, daemons, tag_env)
+    state = config.parent / "state"
+    shutil.rmtree(state)
+    state.mkdir(mode=0o700)
+    holder = os.open(state / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(holder, b"4242\n/elsewhere/po.toml\n")
+        lost = d1.wait_event("state_dir_lost")[0]
+        assert "another daemon (pid 4242" in lost["error"], lost
+        assert d1.wait_exit() == 1
+        stopping = d1.events("daemon_stopping")[0]
+        assert stopping["reason"] == "state_dir_lost"
+        assert d1.events()[-1]["event"] == "daemon_stopped"
+        assert processes_with_env(marker) == []
+    finally:
+        os.close(holder)

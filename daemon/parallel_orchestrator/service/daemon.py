@@ -49,7 +49,7 @@ from .dispatch import dispatch_batch, run_everything
 from .intake import ChangeIntake
 from .jobglue import BoardHooks, JobGlue, path_or_none, report_recovered
 from .notify import Notifier
-from .statedir import DaemonError, StateDirLock, tidy_state_dir
+from .statedir import STATE_DIR_LOST, DaemonError, StateDirLock, tidy_state_dir
 
 REDISCOVER_EVERY_S = 10.0
 REAP_EVERY_S = 2.0
@@ -183,6 +183,7 @@ class Daemon:
             if d.run_on_start and self._signals.empty():
                 self._run_everything(list(self.worktrees), reason="start")
             reason = await self._main_loop()
+            code = 1 if reason == STATE_DIR_LOST else 0  # a stop we did not choose
         except Exception as exc:
             # A bug must not orphan the running jobs: log it, then shut down as usual.
             self.log.exception("daemon_crashed", error=f"{type(exc).__name__}: {exc}")

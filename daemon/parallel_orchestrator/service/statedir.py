@@ -30,6 +30,7 @@ from ..store.trust import state_dir_problems
 
 LOCK_NAME = "daemon.lock"
 CHECK_EVERY_S = 1.0
+STATE_DIR_LOST = "state_dir_lost"  # the stop reason when another daemon took the folder
 
 
 class DaemonError(OrchestratorError):
@@ -154,7 +155,7 @@ class StateDirLock:
             try:
                 self.acquire()
             except DaemonError as exc:
-                log().error("state_dir_lost", path=path, error=str(exc))
-                return "state_dir_lost"
+                log().error(STATE_DIR_LOST, path=path, error=str(exc))
+                return STATE_DIR_LOST
             log().warning("state_dir_restored", path=path, lock=LOCK_NAME)
             restored()
