@@ -156,7 +156,7 @@ def test_recover_skips_marked_processes_older_than_the_leader(
     assert found[0].killed == () and older.poll() is None
 
 
-def test_unreadable_record_is_reported_and_removed(tmp_path: Path) -> None:
+def test_unreadable_record_is_reported_and_set_aside(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs"
     jobs.mkdir()
     (jobs / "broken.json").write_text("{not json")
@@ -164,7 +164,9 @@ def test_unreadable_record_is_reported_and_removed(tmp_path: Path) -> None:
     found = recover(jobs)
     assert len(found) == 1 and found[0].record is None
     assert "unreadable record" in found[0].problem
-    assert list(jobs.iterdir()) == []
+    assert found[0].moved_to == jobs / "broken.json.corrupt"
+    assert [p.name for p in jobs.iterdir()] == ["broken.json.corrupt"]
+    assert recover(jobs) == []  # set aside: never read (or reported) again
 
 
 def test_recover_without_directory_is_empty(tmp_path: Path) -> None:

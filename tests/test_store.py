@@ -11,8 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from parallel_orchestrator.store.atomic import temp_name, write_atomic
-from parallel_orchestrator.store.safe_open import NotRegularFile, open_regular, read_regular
+from parallel_orchestrator.store.atomic import remove_stale_temps, temp_name, write_atomic
+from parallel_orchestrator.store.safe_open import (
+    Create,
+    NotRegularFile,
+    open_regular,
+    open_state_file,
+    read_regular,
+    set_aside,
+    write_new,
+)
+from parallel_orchestrator.store.trust import state_dir_problems
 
 
 @contextmanager
@@ -144,3 +153,85 @@ def test_open_regular_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
 def test_open_regular_refuses_a_folder(tmp_path: Path) -> None:
     with pytest.raises(NotRegularFile):
         open_regular(tmp_path)
+
+
+# -- the one opener for files the daemon creates in the state dir ----------------------
+def test_open_state_file_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    link = tmp_path / "daemon.lock"
+    link.symlink_to(victim)
+    for how in Create:
+        with pytest.raises(OSError) as caught:
+            open_state_file(link, how)
+        assert caught.value.errno in (errno.ELOOP, errno.EEXIST)
+    assert victim.read_text() == "precious"
+
+
+def test_open_state_file_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "run.log"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # with a reader the open succeeds
+    try:
+        with pytest.raises(NotRegularFile):
+            open_state_file(fifo, Create.TRUNCATE)
+    finally:
+        os.close(reader)
+    with pytest.raises(OSError) as caught:  # without one it fails at once (ENXIO)
+        open_state_file(fifo, Create.APPEND)
+    assert caught.value.errno == errno.ENXIO
+
+
+def test_open_state_file_sets_the_exact_mode(tmp_path: Path) -> None:
+    existing = tmp_path / "daemon.lock"
+    existing.write_text("x")
+    existing.chmod(0o644)
+    with umask(0o077):
+        os.close(open_state_file(existing, Create.UPDATE, 0o600))
+        os.close(open_state_file(tmp_path / "new", Create.NEW, 0o640))
+    assert mode_of(existing) == 0o600 and mode_of(tmp_path / "new") == 0o640
+    with pytest.raises(FileExistsError):
+        open_state_file(tmp_path / "new", Create.NEW)
+
+
+def test_write_new_replaces_a_planted_link_not_its_target(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    listing = tmp_path / "j1.changed"
+    listing.symlink_to(victim)
+    write_new(listing, b"src/app.py\n")
+    assert victim.read_text() == "precious"
+    assert not listing.is_symlink() and listing.read_bytes() == b"src/app.py\n"
+    assert mode_of(listing) == 0o600
+
+
+def test_set_aside_keeps_every_copy(tmp_path: Path) -> None:
+    first = tmp_path / "a.json"
+    first.mkdir()
+    assert set_aside(first) == tmp_path / "a.json.corrupt"
+    first.write_text("{")
+    assert set_aside(first) == tmp_path / "a.json.corrupt.1"
+    assert not first.exists()
+
+
+def test_remove_stale_temps_takes_only_temp_names(tmp_path: Path) -> None:
+    (tmp_path / ".status.json.0123abcd.tmp").write_text("{")
+    (tmp_path / ".other.json.0123abcd.tmp").write_text("{")
+    (tmp_path / "status.json").write_text("{}")
+    (tmp_path / ".keep").write_text("")
+    assert remove_stale_temps(tmp_path, "status.json") == [tmp_path / ".status.json.0123abcd.tmp"]
+    assert remove_stale_temps(tmp_path) == [tmp_path / ".other.json.0123abcd.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep", "status.json"]
+
+
+def test_state_dir_problems_names_each_untrusted_folder(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    assert state_dir_problems(state) == []
+    (state / "cache").mkdir(mode=0o700)
+    (state / "cache").chmod(0o757)
+    (state / "results").symlink_to(tmp_path)
+    problems = state_dir_problems(state)
+    assert len(problems) == 2
+    assert "its cache/ writable by group/others (mode 0757)" in problems[0]
+    assert "its results/: a symlink" in problems[1]

@@ -166,7 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         drain_logging,
         keep_event_history,
     )
-    from .service.daemon import Daemon, prepare_state_dir
+    from .service.daemon import Daemon
+    from .service.statedir import prepare_state_dir
 
     settings = _load(args.config)
     d = settings.daemon
@@ -232,6 +233,9 @@ def cmd_once(args: argparse.Namespace) -> int:
     scripts = [s for s in settings.scripts if not args.script or s.name in args.script]
     if not selected_wt:
         return _fail("no hypothesis to run (check worktrees.repo / paths / include)")
+    from .service.statedir import prepare_state_dir
+
+    prepare_state_dir(settings.daemon.state_dir)  # run logs and cache: trusted, as for run
     progress = _once_progress(len(selected_wt) * len(scripts))
     # An unreachable cluster ([executor]) raises BackendUnavailable: main() prints it, exit 2.
     work = run_once(settings, selected_wt, scripts, progress, use_cache=not args.no_cache)
@@ -485,9 +489,10 @@ def _print_run_log(log: Path) -> None:
     """The bytes as they are into a pipe or file; on a terminal, control characters made
     visible (a job's output must not drive the terminal)."""
     from .report.safetext import block
+    from .store.safe_open import open_regular
 
     sys.stdout.flush()
-    with open(log, "rb") as f:
+    with os.fdopen(open_regular(log, follow=True), "rb") as f:  # a FIFO must not hang
         if sys.stdout.isatty():
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
             while chunk := f.read(1 << 16):

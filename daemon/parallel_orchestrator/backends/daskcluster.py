@@ -41,6 +41,7 @@ from distributed import Client, LocalCluster
 from distributed.client import FutureCancelledError
 
 from ..jobs.model import JobOutcome, JobSpec
+from ..store.safe_open import read_regular, write_new
 from .base import BackendUnavailable, EventLog, OnStarted
 from .remote import RemoteJob, RemoteResult, cancel_job, from_pushed, run_remote
 
@@ -455,25 +456,19 @@ def _remote_job(spec: JobSpec, topic: str) -> RemoteJob:
     for var in SHIPPED_INPUTS:
         path = spec.env.get(var)
         if path and path != os.devnull:
-            inputs[var] = Path(path).read_bytes()
+            inputs[var] = read_regular(Path(path))
     outputs = tuple(var for var in SHIPPED_OUTPUTS if spec.env.get(var, os.devnull) != os.devnull)
     return RemoteJob(spec=spec, topic=topic, inputs=inputs, outputs=outputs)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def _bring_back(spec: JobSpec, result: RemoteResult) -> None:
     """Put the run log and the job's files where a local run would have left them."""
     if spec.log_path is not None:
-        _write_private(spec.log_path, result.log)
+        write_new(spec.log_path, result.log)
     for var, data in result.outputs.items():
         target = spec.env.get(var)
         if target:
-            _write_private(Path(target), data)
+            write_new(Path(target), data)
 
 
 def _error(t0: float, started_at: float, message: str) -> JobOutcome:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..jobs.model import JobOutcome, JobSpec
+from ..store.safe_open import write_new
 from .hostlink import HostGone, HostLink, outcome_of
 
 # Files brought back beside the log (each capped like the log): enough for test reports.
@@ -107,12 +108,6 @@ async def cancel_job(job_id: str) -> bool:
     return True
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def _read_capped(path: Path | None, cap: int) -> bytes | None:
     if path is None:
         return None
@@ -130,7 +125,7 @@ def localize(job: RemoteJob, folder: Path) -> JobSpec:
     argv = list(spec.argv)
     for var, data in job.inputs.items():
         path = folder / f"in-{var}"
-        _write_private(path, data)
+        write_new(path, data)
         env[var] = os.fsdecode(path)
     for var in job.outputs:
         local = os.fsdecode(folder / f"out-{var}")

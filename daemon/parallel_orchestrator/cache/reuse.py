@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..report.eventlog import get_logger
+from ..store.safe_open import read_regular, write_new
 from .index import FileDigestIndex
 from .inputkey import input_key
 from .listing import IgnoreRules, ListingError
@@ -290,8 +291,7 @@ def _read_log(path: Path | None) -> bytes | None:
     if path is None:
         return None
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)
     except OSError:
         return None
 
@@ -300,11 +300,7 @@ def write_reused_log(path: Path, hit: Hit) -> None:
     """Give the reusing job its own run log: a copy of the original's (0600), with a first
     line saying whose it is. Raises OSError."""
     head = f"[parallel-orchestrator] cached: output of job {hit.entry.job_id}\n".encode()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(path, flags, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(head + (hit.log or b""))
+    write_new(path, head + (hit.log or b""))
 
 
 def rules_for(settings: Any) -> IgnoreRules:

@@ -1,10 +1,16 @@
 """Crash ledger: one small file per running job, so a restarted daemon can kill what is left.
 
 If the daemon dies (SIGKILL, OOM, bug), its jobs are reparented to init and keep running.
-At the next start ``recover`` reads ``<state_dir>/jobs/*.json`` and kills them. A pid alone
-is not an identity — it may have been reused by an unrelated process — so a leader is
-signalled only if its start time (and boot id) still match the record. Descendants are
-found by their ``PO_JOB_ID`` marker and must have started no earlier than the leader.
+At the next start ``recover`` reads ``<state_dir>/jobs/*.json`` and kills them. A record
+is never proof on its own word: a pid may have been reused, and a record may have been
+planted. So a leader is signalled only if its start time (and boot id) still match the
+record *and* its environment carries the recorded ``PO_JOB_ID`` (which no process
+outside our jobs has); descendants are found by that marker and must have started no
+earlier than the leader. A record whose daemon (pid and start time, also recorded) is
+still running is left alone: those are a live daemon's jobs, not leftovers.
+
+A record that cannot be used (corrupt JSON, a FIFO, a folder) is set aside as
+``<name>.corrupt`` and reported; it never stops the start.
 
 Records are written atomically (``store.atomic``: temp file + rename) but not fsynced: the
 record must survive a crash of the daemon, which the page cache does; a power loss ends
@@ -23,6 +29,7 @@ from pathlib import Path
 
 from ..store.atomic import write_atomic
 from ..store.folders import make_dirs
+from ..store.safe_open import read_regular, set_aside
 from . import janitor
 
 
@@ -37,6 +44,8 @@ class JobRecord:
     batch_id: str
     started_at: float  # time.time()
     boot_id: str = ""  # start times from another boot mean nothing
+    daemon_pid: int = 0  # the daemon that ran the job (0: not recorded)
+    daemon_start_time: int | None = None  # its start time: with the pid, one process
 
     @classmethod
     def for_process(
@@ -60,6 +69,8 @@ class JobRecord:
             batch_id=batch_id,
             started_at=time.time() if started_at is None else started_at,
             boot_id=janitor.boot_id(),
+            daemon_pid=os.getpid(),
+            daemon_start_time=janitor.process_start_time(os.getpid()),
         )
 
     @classmethod
@@ -67,6 +78,7 @@ class JobRecord:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         start = data.get("start_time")
+        daemon_start = data.get("daemon_start_time")
         return cls(
             job_id=str(data["job_id"]),
             hypothesis=str(data.get("hypothesis", "")),
@@ -77,7 +89,16 @@ class JobRecord:
             batch_id=str(data.get("batch_id", "")),
             started_at=float(data.get("started_at", 0.0)),
             boot_id=str(data.get("boot_id", "")),
+            daemon_pid=int(data.get("daemon_pid") or 0),
+            daemon_start_time=None if daemon_start is None else int(daemon_start),
         )
+
+    def daemon_alive(self) -> bool:
+        """Whether the daemon that ran this job still runs (and it is not us)."""
+        if self.daemon_pid <= 0 or self.daemon_pid == os.getpid():
+            return False
+        st = janitor.read_stat(self.daemon_pid)
+        return st is not None and st.start_time == self.daemon_start_time
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,8 @@ class RecoveredJob:
     leader_alive: bool  # the recorded leader was still running (and was killed)
     killed: tuple[int, ...]  # every pid sent SIGKILL
     problem: str = ""  # why the record was unusable, if it was
+    moved_to: Path | None = None  # where an unusable record was set aside
+    daemon_alive: bool = False  # its daemon still runs: left alone, not recovered
 
 
 def _private_dir(path: Path) -> None:
@@ -101,6 +124,7 @@ class Ledger:
 
     def __init__(self, jobs_dir: Path) -> None:
         self.jobs_dir = jobs_dir
+        self._live: dict[str, JobRecord] = {}  # what is on disk now, for ``rewrite``
 
     def path_for(self, job_id: str) -> Path:
         # Quoted, so any job id is one safe file name (no '/', no '..' traversal).
@@ -111,10 +135,17 @@ class Ledger:
         path = self.path_for(record.job_id)
         data = json.dumps(asdict(record)).encode("utf-8")
         write_atomic(path, data, mode=0o600, durable=False)
+        self._live[record.job_id] = record
         return path
 
     def remove(self, job_id: str) -> None:
+        self._live.pop(job_id, None)
         self.path_for(job_id).unlink(missing_ok=True)
+
+    def rewrite(self) -> None:
+        """Write every running job's record again (the state dir was deleted under us)."""
+        for record in list(self._live.values()):
+            self.add(record)
 
     def paths(self) -> list[Path]:
         """The record files, oldest name first."""
@@ -129,6 +160,8 @@ def _kill_leader(record: JobRecord) -> list[int]:
     st = janitor.read_stat(record.pid)
     if st is None or record.start_time is None or st.start_time != record.start_time:
         return []  # gone, or the pid now belongs to someone else
+    if not janitor.has_marker(record.pid, record.job_id):
+        return []  # not one of our jobs, whatever the record says
     if st.pgrp == record.pgid and record.pgid == record.pid:
         members = janitor.live_group_members(record.pgid)
         janitor.signal_group(record.pgid, signal.SIGKILL)
@@ -164,6 +197,28 @@ def _kill_descendants(record: JobRecord) -> list[int]:
     return killed
 
 
+RECORD_LIMIT = 1 << 16  # a record is ~300 bytes; anything bigger is not one
+
+
+def _read_record(path: Path) -> JobRecord:
+    """Parse one record; raises OSError (a FIFO, a folder, a link) or ValueError."""
+    try:
+        return JobRecord.from_json(json.loads(read_regular(path, RECORD_LIMIT)))
+    except (KeyError, TypeError, RecursionError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _unusable(path: Path, exc: Exception) -> RecoveredJob:
+    """Set an unusable record aside (``.corrupt``): reported once, never read again."""
+    problem = f"unreadable record: {exc}"
+    try:
+        moved: Path | None = set_aside(path)
+    except OSError as move_exc:
+        moved = None
+        problem += f" (cannot set it aside: {move_exc.strerror or move_exc})"
+    return RecoveredJob(None, path, False, (), problem=problem, moved_to=moved)
+
+
 def recover(jobs_dir: Path) -> list[RecoveredJob]:
     """Kill what the previous daemon's jobs left running; delete their records."""
     if not jobs_dir.is_dir():
@@ -174,10 +229,12 @@ def recover(jobs_dir: Path) -> list[RecoveredJob]:
     found: list[RecoveredJob] = []
     for path in Ledger(jobs_dir).paths():
         try:
-            record = JobRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            found.append(RecoveredJob(None, path, False, (), problem=f"unreadable record: {exc}"))
-            path.unlink(missing_ok=True)
+            record = _read_record(path)
+        except (OSError, ValueError) as exc:
+            found.append(_unusable(path, exc))
+            continue
+        if record.daemon_alive():
+            found.append(RecoveredJob(record, path, False, (), daemon_alive=True))
             continue
         leader_alive = False
         killed: list[int] = []

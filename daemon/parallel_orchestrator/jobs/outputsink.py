@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 
 from ..store.folders import make_dirs
+from ..store.safe_open import open_new
 from .model import JobSpec
 
 
@@ -26,14 +27,7 @@ def make_private_dirs(directory: Path) -> None:
 
 def _open_log(path: Path) -> int:
     make_private_dirs(path.parent)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
+    return open_new(path, 0o600)  # never through a link, never a FIFO; exactly 0600
 
 
 def cut_marker(n: int) -> bytes:

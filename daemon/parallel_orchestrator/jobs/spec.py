@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..repo.worktrees import Worktree
 from ..settings.loader import ScriptSettings
+from ..store.safe_open import write_new
 from .runner import JobSpec, make_private_dirs
 
 
@@ -37,12 +38,6 @@ def substitute(item: str, wt: Worktree, extra: Mapping[str, str] | None = None) 
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), item)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def prepare_run_files(
     runs_dir: Path, hyp: str, script: str, job_id: str, changed: Iterable[str]
 ) -> RunFiles:
@@ -58,8 +53,8 @@ def prepare_run_files(
         run_dir / f"{job_id}.changed0",
         run_dir / f"{job_id}.junit.xml",
     )
-    _write_private(files.changed, b"".join(os.fsencode(p) + b"\n" for p in paths))
-    _write_private(files.changed_z, b"".join(os.fsencode(p) + b"\0" for p in paths))
+    write_new(files.changed, b"".join(os.fsencode(p) + b"\n" for p in paths))
+    write_new(files.changed_z, b"".join(os.fsencode(p) + b"\0" for p in paths))
     return files
 
 
@@ -71,6 +66,19 @@ def prune_runs(run_dir: Path, keep: int) -> None:
         old.with_suffix(".changed").unlink(missing_ok=True)
         old.with_suffix(".changed0").unlink(missing_ok=True)
         old.with_suffix(".junit.xml").unlink(missing_ok=True)
+
+
+def prune_orphan_lists(runs_dir: Path) -> list[Path]:
+    """Changed-file lists whose job left no run log (the daemon died before the job
+    started, or its start failed): removed at start-up, when no job runs.
+    ``prune_runs`` goes by the logs, so it would never see these."""
+    removed = []
+    for suffix in (".changed", ".changed0"):
+        for listing in runs_dir.glob(f"*/*/*{suffix}"):
+            if not listing.with_suffix(".log").exists():
+                listing.unlink(missing_ok=True)
+                removed.append(listing)
+    return removed
 
 
 def make_spec(

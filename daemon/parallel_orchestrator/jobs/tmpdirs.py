@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import OrchestratorError
 from ..store.atomic import write_atomic
+from ..store.safe_open import read_regular
 
 ROOT_PREFIX = "parallel-orchestrator-"
 RECORD_NAME = "tmproot"
@@ -94,7 +95,7 @@ class JobTempDirs:
     def _recorded_root(self) -> Path | None:
         """The recorded root, if it still is a folder of ours made by ``open``."""
         try:
-            raw = self._record.read_text(encoding="utf-8").strip()
+            raw = read_regular(self._record, 1 << 16).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError):
             return None
         path = Path(raw)

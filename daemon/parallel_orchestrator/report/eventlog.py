@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import structlog
 
 from ..store.folders import make_dirs
+from ..store.safe_open import Create, open_state_file
 from .linequeue import BackgroundLines, complain
 
 LEVELS = {
@@ -153,7 +154,7 @@ class EventHistory:
 
     def _open(self) -> None:
         make_dirs(self.path.parent, 0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_state_file(self.path, Create.APPEND)  # in the state dir: never via a link
         st = os.fstat(fd)
         self._close_fd()
         self._fd, self._size, self._ident = fd, st.st_size, (st.st_dev, st.st_ino)
@@ -294,12 +295,6 @@ def configure_logging(
     )
     if old is not None:
         old.close()
-
-
-def move_event_history(path: Path) -> None:
-    """A reload moved the state dir: the history follows it (when one is kept)."""
-    if _history is not None and _history.path != path:
-        keep_event_history(path)
 
 
 def drain_logging(timeout: float = 1.0) -> None:

@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..errors import OrchestratorError
+from ..store.safe_open import open_regular
 from .eventlog import EVENTS_FILE
 from .safetext import one_line
 from .statusview import state_mark
@@ -65,6 +67,21 @@ def events_path(state_dir: Path) -> Path:
     return state_dir / EVENTS_FILE
 
 
+class EventHistoryError(OrchestratorError):
+    """The event history exists but cannot be read (a FIFO, a link, no permission)."""
+
+
+def _open_history(path: Path) -> int:
+    """A descriptor of the history file: a regular file only, so a FIFO planted there
+    cannot hang ``logs``. FileNotFoundError passes; other failures are one line."""
+    try:
+        return open_regular(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise EventHistoryError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
 def _parse(line: bytes) -> dict[str, Any] | None:
     try:
         event = json.loads(line)
@@ -75,7 +92,7 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 def _lines(path: Path) -> list[bytes]:
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(_open_history(path), "rb") as f:
             return f.read().splitlines()
     except FileNotFoundError:
         return []
@@ -204,7 +221,7 @@ class _Follower:
 
     def _open(self, at_end: bool) -> None:
         try:
-            f = open(self.path, "rb")  # noqa: SIM115 - kept open across polls
+            f = os.fdopen(_open_history(self.path), "rb")
         except FileNotFoundError:
             return
         st = os.fstat(f.fileno())

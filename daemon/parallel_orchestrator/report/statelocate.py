@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import OrchestratorError
 from ..settings.loader import APP_DIR_NAME, Settings, config_home, resolve_state_dir, state_root
+from ..store.safe_open import read_regular
 
 
 class ForeignStatusFile(OrchestratorError):
@@ -51,9 +52,8 @@ def candidate_status_files(settings: Settings, env: Mapping[str, str]) -> list[P
 def _recorded_config(path: Path) -> tuple[bool, str | None]:
     """(readable, daemon.config_path) of a status file; unreadable files are not judged."""
     try:
-        with open(path, "rb") as f:
-            doc = json.loads(f.read(1 << 24))
-    except (OSError, ValueError):
+        doc = json.loads(read_regular(path, 1 << 24, follow=True))
+    except (OSError, ValueError, RecursionError):
         return False, None
     daemon = doc.get("daemon") if isinstance(doc, dict) else None
     recorded = daemon.get("config_path") if isinstance(daemon, dict) else None

@@ -25,6 +25,7 @@ from ..states import (
     RUNNING,
 )
 from ..store.atomic import write_atomic
+from ..store.safe_open import read_regular, set_aside
 from .safetext import finite
 
 SCHEMA_VERSION = 1
@@ -183,12 +184,34 @@ def _fits(key: str, value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool | dict)
 
 
-def load_previous(path: Path) -> dict[str, Any] | None:
-    """The last status document, or None when absent or unreadable (never fatal)."""
+STATUS_LIMIT = 1 << 28  # far above any real status file; a bound for a hostile one
+
+
+def load_previous(path: Path, log: Any = None) -> dict[str, Any] | None:
+    """The last status document, or None when absent or unusable (never fatal).
+
+    An unusable one (not JSON, not a status document, a FIFO or folder in its place) is
+    set aside as ``<name>.corrupt`` and reported as ``state_file_corrupt`` on ``log``:
+    kept for a person to look at, out of the daemon's way. Values of the wrong type
+    inside a good document are dropped cell by cell (``adopt_previous``).
+    """
     try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        doc = json.loads(read_regular(path, STATUS_LIMIT))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as exc:
+        _set_aside(path, f"{type(exc).__name__}: {exc}", log)
         return None
     if isinstance(doc, dict) and doc.get("schema_version") == SCHEMA_VERSION:
         return doc
+    _set_aside(path, f"not a schema_version {SCHEMA_VERSION} status document", log)
     return None
+
+
+def _set_aside(path: Path, error: str, log: Any) -> None:
+    try:
+        moved: str | None = os.fsdecode(set_aside(path))
+    except OSError as exc:
+        moved, error = None, f"{error} (cannot set it aside: {exc.strerror or exc})"
+    if log is not None:
+        log.warning("state_file_corrupt", path=os.fsdecode(path), error=error, moved_to=moved)

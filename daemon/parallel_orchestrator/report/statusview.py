@@ -39,6 +39,7 @@ from ..states import (
     RUNNING,
     TIMEOUT,
 )
+from ..store.safe_open import read_regular
 from .safetext import one_line
 
 SCHEMA_VERSION = 1
@@ -94,7 +95,8 @@ class StatusFileInvalid(StatusFileError):
 def read_status(path: Path) -> dict[str, Any]:
     """Load and shape-check the status document so rendering never meets a surprise type."""
     try:
-        raw = path.read_bytes()
+        # Non-blocking, regular files only: a FIFO named as the status file must not hang.
+        raw = read_regular(path, follow=True)
     except FileNotFoundError as exc:
         raise StatusFileMissing(f"{path}: no status file (is the daemon running?)") from exc
     except OSError as exc:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import secrets
 import signal
@@ -27,14 +26,13 @@ from typing import Any
 from .. import __version__
 from ..backends.base import BackendUnavailable, open_backend
 from ..cache.reuse import ResultReuse, rules_for
-from ..errors import OrchestratorError
 from ..jobs import janitor, ledger
 from ..jobs.runner import install_child_watcher, job_leaders, reap_orphan_zombies
 from ..pipeline.batcher import Batch
 from ..pipeline.scheduler import Scheduler
 from ..repo.worktreeindex import WorktreeIndex, index_worktrees
 from ..repo.worktrees import Worktree, WorktreeError, discover_async
-from ..report.eventlog import EVENTS_FILE, configure_logging, get_logger, move_event_history
+from ..report.eventlog import configure_logging, get_logger
 from ..report.status import StatusBoard, load_previous
 from ..report.statuswriter import StatusWriter
 from ..settings.loader import ConfigError, Settings, load_settings
@@ -46,60 +44,16 @@ from ..states import (
     DAEMON_STOPPING,
     PASS,
 )
-from ..store.folders import make_dirs
 from ..watch.watcher import Watcher, step_for
 from .dispatch import dispatch_batch, run_everything
 from .intake import ChangeIntake
 from .jobglue import BoardHooks, JobGlue, path_or_none, report_recovered
 from .notify import Notifier
+from .statedir import STATE_DIR_LOST, DaemonError, StateDirLock, tidy_state_dir
 
 REDISCOVER_EVERY_S = 10.0
 REAP_EVERY_S = 2.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class DaemonError(OrchestratorError):
-    """A reason the daemon cannot start; one line, names the thing at fault."""
-
-
-def prepare_state_dir(state_dir: Path) -> None:
-    """Create the state dir 0700 (it holds test output) and prove it is writable."""
-    try:
-        make_dirs(state_dir, 0o700)
-        probe = state_dir / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise DaemonError(f"state dir {state_dir}: not writable: {exc.strerror or exc}") from exc
-
-
-def lock_state_dir(state_dir: Path, config_path: Path | None = None) -> int:
-    """Take ``daemon.lock`` (flock, held until the fd closes) and write our pid and our
-    config's path into it: what the next daemon's refusal names."""
-    path = state_dir / "daemon.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        holder = os.pread(fd, 8192, 0)
-        os.close(fd)
-        raise DaemonError(_lock_held_message(state_dir, holder, config_path)) from exc
-    record = f"{os.getpid()}\n{os.fsdecode(config_path) if config_path else ''}\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, record.encode("utf-8", "surrogateescape"), 0)
-    return fd
-
-
-def _lock_held_message(state_dir: Path, holder: bytes, config_path: Path | None) -> str:
-    """One line naming the key, the folder and both configs, so the fix is obvious."""
-    lines = holder.decode("utf-8", "backslashreplace").splitlines()
-    pid = lines[0].strip() if lines and lines[0].strip() else "?"
-    theirs = lines[1].strip() if len(lines) > 1 and lines[1].strip() else "?"
-    ours = os.fsdecode(config_path) if config_path else "the embedded default"
-    return (
-        f"daemon.state_dir {state_dir}: another daemon (pid {pid}, config {theirs}) "
-        f"is using it; this one's config is {ours}: give each its own daemon.state_dir"
-    )
 
 
 class Daemon:
@@ -123,11 +77,12 @@ class Daemon:
         self.session = secrets.token_hex(3)
         self.worktrees: dict[str, Worktree] = {}
         self.index = WorktreeIndex({})
-        self._signals: asyncio.Queue[int] = asyncio.Queue()
+        # Signal numbers, or a reason to stop (str) from the daemon itself.
+        self._signals: asyncio.Queue[int | str] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rediscover_requested = asyncio.Event()
         self._discovery_lock = asyncio.Lock()  # one discover-and-apply at a time
-        self._lock_fd: int | None = None
+        self.state_lock = StateDirLock(settings.daemon.state_dir, settings.config_path)
         self.notifier = Notifier(self.env)
         d = settings.daemon
         self.board = StatusBoard(
@@ -189,8 +144,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         install_child_watcher()
         d = self.settings.daemon
-        prepare_state_dir(d.state_dir)
-        self._lock_fd = lock_state_dir(d.state_dir, self.settings.config_path)
+        self.state_lock.acquire()
+        if tidied := tidy_state_dir(d.state_dir, d.status_file):
+            self.log.info("state_dir_tidied", removed=[os.fsdecode(p) for p in tidied])
         janitor.become_subreaper()
         recovered = ledger.recover(self.jobs_dir)
         await self._start_backend()
@@ -199,7 +155,7 @@ class Daemon:
         except WorktreeError as exc:
             raise DaemonError(str(exc)) from exc
         self._set_worktrees(found, initial=True)
-        previous = load_previous(d.status_file)
+        previous = load_previous(d.status_file, self.log)
         if previous:
             self.board.adopt_previous(previous)
         report_recovered(recovered, self.board, self.log)
@@ -227,6 +183,7 @@ class Daemon:
             if d.run_on_start and self._signals.empty():
                 self._run_everything(list(self.worktrees), reason="start")
             reason = await self._main_loop()
+            code = 1 if reason == STATE_DIR_LOST else 0  # a stop we did not choose
         except Exception as exc:
             # A bug must not orphan the running jobs: log it, then shut down as usual.
             self.log.exception("daemon_crashed", error=f"{type(exc).__name__}: {exc}")
@@ -269,10 +226,13 @@ class Daemon:
         self._spawn(self.notifier.run_watchdog())
         self._spawn(self._periodic_rediscover())
         self._spawn(self._periodic_reap())
+        self._spawn(self._guard_state_dir())
 
     async def _main_loop(self) -> str:
         while True:
             sig = await self._signals.get()
+            if isinstance(sig, str):
+                return sig
             if sig == signal.SIGHUP:
                 await self.reload()
                 continue
@@ -316,9 +276,7 @@ class Daemon:
         self.notifier.close()
         await self.reuse.aclose()
         self.log.info("daemon_stopped", reason=reason)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.state_lock.release()
 
     async def _close_backend(self) -> None:
         # Its jobs have ended; what is left is a connection (or an in-process cluster,
@@ -428,6 +386,20 @@ class Daemon:
             reap_orphan_zombies()
             await self._kill_leftovers("idle")
 
+    async def _guard_state_dir(self) -> None:
+        """Keep ``daemon.lock`` guarding the state dir; stop if it cannot (``statedir``)."""
+        reason = await self.state_lock.watch(lambda: self.log, self._state_dir_restored)
+        self._signals.put_nowait(reason)
+
+    def _state_dir_restored(self) -> None:
+        """The state dir was recreated: the running jobs' ledger records and the status
+        file go back into it, so a crash now is still recovered."""
+        try:
+            self.ledger.rewrite()
+        except OSError as exc:
+            self.jobs.ledger_failed(exc)
+        self.status.write()
+
     async def _kill_leftovers(self, when: str) -> None:
         """Kill adopted children that no job accounts for, once no job runs.
 
@@ -524,8 +496,10 @@ class Daemon:
 
 
 def preflight(old_settings: Settings, new: Settings) -> bool:
-    """What could fail half-way through applying ``new``, tried first: a new state dir
-    or log file that cannot be written makes the whole config invalid, not half-used.
+    """What could fail half-way through applying ``new``, tried first: a log file that
+    cannot be opened makes the whole config invalid, not half-used. A new state dir
+    cannot be applied live at all (the lock and the crash ledger of running jobs stay
+    in the old one; after a crash nothing would recover them): refused the same way.
 
     True when logging was reconfigured (the caller takes a fresh logger).
     """
@@ -533,11 +507,11 @@ def preflight(old_settings: Settings, new: Settings) -> bool:
     d = new.daemon
     source = path_or_none(new.config_path) or "(embedded default)"
     if d.state_dir != old.state_dir:
-        try:
-            prepare_state_dir(d.state_dir)
-        except DaemonError as exc:
-            raise ConfigError(f"{source}: daemon.state_dir: {exc}") from exc
-        move_event_history(d.state_dir / EVENTS_FILE)
+        raise ConfigError(
+            f"{source}: daemon.state_dir: changed from {os.fsdecode(old.state_dir)} to "
+            f"{os.fsdecode(d.state_dir)}; a running daemon keeps its state dir "
+            "(lock, crash ledger): restart it to apply"
+        )
     if (d.log_level, d.log_file) == (old.log_level, old.log_file):
         return False
     try:

@@ -42,6 +42,7 @@ from ..report.testcollect import (
 )
 from ..settings.loader import ScriptSettings, Settings
 from ..states import CANCELLED, ERROR, OUTPUT_TAIL_BYTES, PASS, RUNNING
+from ..store.safe_open import open_regular
 
 TAIL_BYTES = OUTPUT_TAIL_BYTES
 
@@ -192,7 +193,7 @@ class JobGlue:
             try:
                 self._ledger.remove(job.job_id)
             except OSError as exc:
-                self._ledger_failed(exc)
+                self.ledger_failed(exc)
         tests = None if cancelled else await self._read_tests(job, files, started_wall)
         worker = worker_box[0] if worker_box else None
         self._finished(job, outcome, worker, tests, cached_from="" if ticket else None)
@@ -314,7 +315,7 @@ class JobGlue:
             )
             return None
 
-    def _ledger_failed(self, exc: OSError) -> None:
+    def ledger_failed(self, exc: OSError) -> None:
         self._log().warning("ledger_write_failed", path=os.fsdecode(self.jobs_dir), error=str(exc))
 
     def _started(self, job: _Job, pid: int, worker: str | None, started_wall: float) -> None:
@@ -332,7 +333,7 @@ class JobGlue:
             try:
                 self._ledger.add(record)
             except OSError as exc:
-                self._ledger_failed(exc)
+                self.ledger_failed(exc)
         self._board.update(
             job.wt.id,
             job.script.name,
@@ -465,7 +466,7 @@ def read_tail(path: Path | None, size: int = TAIL_BYTES) -> str:
     if path is None:
         return ""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - size))
             return f.read().decode("utf-8", "replace")
@@ -507,8 +508,21 @@ def report_recovered(
     for found_job in recovered:
         rec = found_job.record
         if rec is None:
+            moved = found_job.moved_to
             log.warning(
-                "job_record_unreadable", path=os.fsdecode(found_job.path), error=found_job.problem
+                "job_record_unreadable",
+                path=os.fsdecode(found_job.path),
+                error=found_job.problem,
+                moved_to=None if moved is None else os.fsdecode(moved),
+            )
+            continue
+        if found_job.daemon_alive:
+            log.warning(
+                "job_record_skipped",
+                path=os.fsdecode(found_job.path),
+                job_id=rec.job_id,
+                daemon_pid=rec.daemon_pid,
+                reason="the daemon that runs this job is still running",
             )
             continue
         board.update(

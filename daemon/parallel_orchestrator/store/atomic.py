@@ -18,13 +18,37 @@ import secrets
 from pathlib import Path
 
 from .folders import make_dirs
+from .safe_open import Create, open_state_file
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+_TEMP_SUFFIX = ".tmp"
 
 
 def temp_name(path: Path) -> Path:
     """A fresh temp path beside ``path`` (``.<name>.<random>.tmp``)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove temp files an interrupted ``write_atomic`` left in ``folder`` (kill -9
+    between create and rename): those of target ``name``, or every one when None.
+
+    Only at start-up, when no writer of ours is mid-write. Returns what was removed.
+    """
+    prefix = "." if name is None else f".{name}."
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        if entry.name.startswith(prefix) and entry.name.endswith(_TEMP_SUFFIX):
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def write_atomic(
@@ -53,11 +77,11 @@ def write_atomic(
     if dir_mode is not None:
         make_dirs(path.parent, dir_mode)
     if exclusive:
-        fd = os.open(path, _CREATE_FLAGS, mode)
+        fd = _create(path, mode, exact_mode)
         _fill(fd, path, data, mode, exact_mode=exact_mode, durable=durable)
     else:
         tmp = temp_name(path)
-        fd = os.open(tmp, _CREATE_FLAGS, mode)
+        fd = _create(tmp, mode, exact_mode)
         _fill(fd, tmp, data, mode, exact_mode=exact_mode, durable=durable)
         try:
             os.replace(tmp, path)
@@ -66,6 +90,13 @@ def write_atomic(
             raise
     if durable:
         fsync_folder(path.parent)
+
+
+def _create(path: Path, mode: int, exact_mode: bool) -> int:
+    """A new file: through the state dir's one opener (exact mode), or with the umask."""
+    if exact_mode:
+        return open_state_file(path, Create.NEW, mode)
+    return os.open(path, _CREATE_FLAGS, mode)
 
 
 def _fill(

@@ -1,0 +1,65 @@
+"""Whether a state dir may be trusted: what it holds decides which processes get killed.
+
+The state dir holds the crash ledger (pids that the next start kills), run logs and
+the status file. Whoever else can write it (another user owning it, or a folder
+writable by group/others) could plant records or links there, so such a folder is
+refused, as OpenSSH's StrictModes refuses a config that others can change. The same
+holds for the subfolders that hold records: a symlink there is refused too, since it
+would send every write somewhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+# The state dir's subfolders of records: runs/ (logs), jobs/ (crash ledger), cache/ and
+# results/ (entries read back at start and by the reading commands).
+STATE_SUBDIRS = ("runs", "jobs", "cache", "results")
+
+
+def _folder_problem(folder: Path, label: str, st: os.stat_result) -> str:
+    """One problem with a folder we are about to trust, or ""."""
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a folder"
+        return f"refusing {label}: {kind}, not a folder of its own"
+    if st.st_uid != os.geteuid():
+        return (
+            f"refusing {label} owned by another user (uid {st.st_uid}); "
+            f"it holds the pids this daemon kills: chown it or choose another daemon.state_dir"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        return (
+            f"refusing {label} writable by group/others (mode {mode:04o}); "
+            f"chmod go-w {os.fsdecode(folder)}"
+        )
+    return ""
+
+
+def state_dir_problems(state_dir: Path) -> list[str]:
+    """Why ``state_dir`` (which exists) and its record subfolders cannot be trusted; empty
+    when they can. The state dir itself is judged where its path leads (a symlink the
+    user configured is fine); its subfolders must be real folders."""
+    problems = []
+    try:
+        st = os.stat(state_dir)
+    except OSError as exc:
+        return [f"cannot stat: {exc.strerror or exc}"]
+    problem = _folder_problem(state_dir, "a state dir", st)
+    if problem:
+        problems.append(problem)
+    for name in STATE_SUBDIRS:
+        sub = state_dir / name
+        try:
+            st = os.lstat(sub)
+        except FileNotFoundError:
+            continue  # created 0700 when first needed
+        except OSError as exc:
+            problems.append(f"{name}/: cannot stat: {exc.strerror or exc}")
+            continue
+        problem = _folder_problem(sub, f"its {name}/", st)
+        if problem:
+            problems.append(problem)
+    return problems
