@@ -176,3 +176,19 @@ def test_one_regex_per_view_matches_like_pathglob() -> None:
     for pattern_set in (globs, globs[:1], (), globs[2:]):
         rx = globs_regex(pattern_set)
         assert [bool(rx.match(p)) for p in paths] == [matches_any(p, pattern_set) for p in paths]
+
+
+def test_large_files_are_streamed_and_content_still_decides(tmp_path: Path) -> None:
+    from parallel_orchestrator.cache.digests import ONE_READ_MAX, digest_file
+
+    big = tmp_path / "big.py"
+    data = os.urandom(ONE_READ_MAX + 12345)
+    big.write_bytes(data)
+    first = digest_file(str(big), 0)
+    assert first is not None and first.digest is not None
+    big.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the last byte differs
+    second = digest_file(str(big), 0)
+    assert second is not None and second.digest not in (None, first.digest)
+    big.write_bytes(data)
+    third = digest_file(str(big), 0)
+    assert third is not None and third.digest == first.digest

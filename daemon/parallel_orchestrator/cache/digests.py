@@ -23,6 +23,7 @@ import xxhash
 # later same-size rewrite in the same filesystem tick: such a file is rehashed.
 RACY_WINDOW_NS = 2_000_000_000
 READ_CHUNK = 1 << 20
+ONE_READ_MAX = 8 << 20  # larger files are hashed in READ_CHUNK pieces, not read whole
 
 KIND_FILE = "f"
 KIND_LINK = "l"
@@ -85,8 +86,9 @@ def digest_file(path: str, now_ns: int) -> FileDigest | None:
         if not stat.S_ISREG(st.st_mode):
             return FileDigest(KIND_OTHER, b"", sig, now_ns)
         try:
-            data = os.read(fd, st.st_size + 1)
-            if len(data) <= st.st_size:  # the common case: the whole file in one read
+            want = st.st_size + 1  # one byte more than stat says: a growing file streams on
+            data = os.read(fd, min(want, ONE_READ_MAX))
+            if want <= ONE_READ_MAX and len(data) < want:  # the common case: one read, EOF
                 return FileDigest(KIND_FILE, xxhash.xxh3_128_digest(data), sig, now_ns)
             h = xxhash.xxh3_128(data)
             while chunk := os.read(fd, READ_CHUNK):
