@@ -424,3 +424,43 @@ def test_a_state_dir_taken_by_another_daemon_stops_this_one(
         assert processes_with_env(marker) == []
     finally:
         os.close(holder)
+
+
+# == the lock guard itself ===============================================================
+async def test_a_ledger_write_makes_the_guard_check_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a ledger record is written the guard checks the lock: a deleted state dir
+    is relocked before the next periodic check (here: an hour away)."""
+    import asyncio
+
+    from parallel_orchestrator.jobs.ledger import JobRecord, Ledger
+    from parallel_orchestrator.service import statedir
+
+    monkeypatch.setattr(statedir, "CHECK_EVERY_S", 3600.0)
+    state = tmp_path / "state"
+    lock = statedir.StateDirLock(state, None)
+    lock.acquire()
+    events: list[str] = []
+
+    class Log:
+        def warning(self, event: str, **_: object) -> None:
+            events.append(event)
+
+        error = warning
+
+    restored = asyncio.Event()
+    guard = asyncio.ensure_future(lock.watch(lambda: Log(), restored.set))
+    try:
+        await asyncio.sleep(0)  # the guard is waiting
+        shutil.rmtree(state)
+        record = JobRecord.for_process(
+            job_id="s-j1", hypothesis="h", script="s", pid=os.getpid(), batch_id="s-b1"
+        )
+        Ledger(state / "jobs", lock.check_before_write).add(record)
+        await asyncio.wait_for(restored.wait(), 20)
+        assert events == ["state_dir_replaced", "state_dir_restored"]
+        assert lock.problem() == "" and (state / "daemon.lock").exists()
+    finally:
+        guard.cancel()
+        lock.release()

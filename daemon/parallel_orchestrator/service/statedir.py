@@ -14,6 +14,7 @@ daemon stops with a clear error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -111,6 +112,7 @@ class StateDirLock:
         self._config_path = config_path
         self._fd: int | None = None
         self._idents: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._check_now: asyncio.Event | None = None  # set: ``watch`` checks at once
 
     def acquire(self) -> None:
         """Prepare the folder and take the lock; raises DaemonError."""
@@ -142,11 +144,22 @@ class StateDirLock:
             os.close(self._fd)
             self._fd = None
 
+    def check_before_write(self) -> None:
+        """Before a write that recovery depends on (a ledger record): if the lock no
+        longer guards the folder, ``watch`` acts now rather than within a second."""
+        if self._check_now is not None and self.problem():
+            self._check_now.set()
+
     async def watch(self, log: Callable[[], Any], restored: Callable[[], None]) -> str:
-        """Check every ``CHECK_EVERY_S``; re-take a lost lock (then ``restored()``).
-        Returns only when the state dir cannot be held: the reason to stop."""
+        """Check every ``CHECK_EVERY_S`` (or at once, ``check_before_write``); re-take a
+        lost lock (then ``restored()``). Returns only when the state dir cannot be held:
+        the reason to stop."""
+        self._check_now = asyncio.Event()
         while True:
-            await asyncio.sleep(CHECK_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CHECK_EVERY_S):
+                    await self._check_now.wait()
+            self._check_now.clear()
             problem = self.problem()
             if not problem:
                 continue
