@@ -31,6 +31,7 @@ from ..store.trust import state_dir_problems
 
 LOCK_NAME = "daemon.lock"
 CHECK_EVERY_S = 1.0
+SHARED_TEMP_AGE_S = 600.0  # a temp this old in cache/ or results/ is no live write's
 STATE_DIR_LOST = "state_dir_lost"  # the stop reason when another daemon took the folder
 
 
@@ -48,7 +49,7 @@ def prepare_state_dir(state_dir: Path) -> None:
     problems = state_dir_problems(state_dir)
     if problems:
         raise DaemonError(f"{where}: " + "; ".join(problems))
-    probe = state_dir / f".probe-{os.getpid()}"
+    probe = state_dir / f".probe-{os.getpid()}.tmp"  # a leftover is swept like any temp
     try:
         write_new(probe, b"")
         probe.unlink()
@@ -63,6 +64,9 @@ def tidy_state_dir(state_dir: Path, status_file: Path) -> list[Path]:
     removed = remove_stale_temps(state_dir)
     if status_file.parent != state_dir:
         removed += remove_stale_temps(status_file.parent, status_file.name)
+    # Entries ``once`` may be writing right now: only temps no live write could own.
+    for folder in [state_dir / "cache", *sorted((state_dir / "results").glob("*/"))]:
+        removed += remove_stale_temps(folder, older_than_s=SHARED_TEMP_AGE_S)
     return removed + prune_orphan_lists(state_dir / "runs")
 
 
