@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -378,14 +379,27 @@ def test_leftovers_of_a_killed_daemon_are_removed_at_start(tmp_path: Path, daemo
     kept = [run_dir / "old-j2.log", run_dir / "old-j2.changed", run_dir / "old-j2.changed0"]
     for path in orphans + kept:
         path.write_text("src/app.py\n")
+    # cache/ and results/ may be mid-write by a `once` right now: only old temps go.
+    (state / "cache").mkdir(mode=0o700)
+    (state / "results" / "repo").mkdir(parents=True, mode=0o700)
+    (state / "results").chmod(0o700)
+    old_temps = [
+        state / "cache" / ".k1.json.00000001.tmp",
+        state / "results" / "repo" / ".ok.json.00000002.tmp",
+    ]
+    young = state / "cache" / ".k2.json.00000003.tmp"
+    for path in [*old_temps, young]:
+        path.write_text("{")
+    for path in old_temps:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
 
     d = daemons(config)
     d.wait_ready()
     tidied = d.wait_event("state_dir_tidied")[0]
-    assert set(tidied["removed"]) == {os.fsdecode(p) for p in [temp, *orphans]}
+    assert set(tidied["removed"]) == {os.fsdecode(p) for p in [temp, *orphans, *old_temps]}
     assert not temp.exists()
-    assert [p.exists() for p in orphans] == [False, False]
-    assert all(p.exists() for p in kept)
+    assert [p.exists() for p in orphans + old_temps] == [False] * 4
+    assert all(p.exists() for p in kept) and young.exists()
     assert d.stop() == 0
 
 
@@ -424,3 +438,43 @@ def test_a_state_dir_taken_by_another_daemon_stops_this_one(
         assert processes_with_env(marker) == []
     finally:
         os.close(holder)
+
+
+# == the lock guard itself ===============================================================
+async def test_a_ledger_write_makes_the_guard_check_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a ledger record is written the guard checks the lock: a deleted state dir
+    is relocked before the next periodic check (here: an hour away)."""
+    import asyncio
+
+    from parallel_orchestrator.jobs.ledger import JobRecord, Ledger
+    from parallel_orchestrator.service import statedir
+
+    monkeypatch.setattr(statedir, "CHECK_EVERY_S", 3600.0)
+    state = tmp_path / "state"
+    lock = statedir.StateDirLock(state, None)
+    lock.acquire()
+    events: list[str] = []
+
+    class Log:
+        def warning(self, event: str, **_: object) -> None:
+            events.append(event)
+
+        error = warning
+
+    restored = asyncio.Event()
+    guard = asyncio.ensure_future(lock.watch(lambda: Log(), restored.set))
+    try:
+        await asyncio.sleep(0)  # the guard is waiting
+        shutil.rmtree(state)
+        record = JobRecord.for_process(
+            job_id="s-j1", hypothesis="h", script="s", pid=os.getpid(), batch_id="s-b1"
+        )
+        Ledger(state / "jobs", lock.check_before_write).add(record)
+        await asyncio.wait_for(restored.wait(), 20)
+        assert events == ["state_dir_replaced", "state_dir_restored"]
+        assert lock.problem() == "" and (state / "daemon.lock").exists()
+    finally:
+        guard.cancel()
+        lock.release()

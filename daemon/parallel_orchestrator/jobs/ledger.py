@@ -24,6 +24,7 @@ import os
 import signal
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,8 +123,9 @@ def _private_dir(path: Path) -> None:
 class Ledger:
     """The ``jobs`` directory of the state dir; one ``<job_id>.json`` per running job."""
 
-    def __init__(self, jobs_dir: Path) -> None:
+    def __init__(self, jobs_dir: Path, before_write: Callable[[], None] = lambda: None) -> None:
         self.jobs_dir = jobs_dir
+        self._before_write = before_write  # the daemon checks its state-dir lock there
         self._live: dict[str, JobRecord] = {}  # what is on disk now, for ``rewrite``
 
     def path_for(self, job_id: str) -> Path:
@@ -131,6 +133,7 @@ class Ledger:
         return self.jobs_dir / (urllib.parse.quote(job_id, safe="") + ".json")
 
     def add(self, record: JobRecord) -> Path:
+        self._before_write()
         _private_dir(self.jobs_dir)
         path = self.path_for(record.job_id)
         data = json.dumps(asdict(record)).encode("utf-8")

@@ -110,7 +110,7 @@ class Daemon:
             observer=self.reuse,
         )
         self.batcher = self.intake.batcher
-        self.ledger = ledger.Ledger(d.state_dir / "jobs")
+        self.ledger = ledger.Ledger(d.state_dir / "jobs", self.state_lock.check_before_write)
         ex = settings.executor
         try:
             self.backend = open_backend(ex.backend, ex.address, log=lambda: self.log)

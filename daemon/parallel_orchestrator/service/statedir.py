@@ -14,6 +14,7 @@ daemon stops with a clear error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
@@ -30,6 +31,7 @@ from ..store.trust import state_dir_problems
 
 LOCK_NAME = "daemon.lock"
 CHECK_EVERY_S = 1.0
+SHARED_TEMP_AGE_S = 600.0  # a temp this old in cache/ or results/ is no live write's
 STATE_DIR_LOST = "state_dir_lost"  # the stop reason when another daemon took the folder
 
 
@@ -47,7 +49,7 @@ def prepare_state_dir(state_dir: Path) -> None:
     problems = state_dir_problems(state_dir)
     if problems:
         raise DaemonError(f"{where}: " + "; ".join(problems))
-    probe = state_dir / f".probe-{os.getpid()}"
+    probe = state_dir / f".probe-{os.getpid()}.tmp"  # a leftover is swept like any temp
     try:
         write_new(probe, b"")
         probe.unlink()
@@ -62,6 +64,9 @@ def tidy_state_dir(state_dir: Path, status_file: Path) -> list[Path]:
     removed = remove_stale_temps(state_dir)
     if status_file.parent != state_dir:
         removed += remove_stale_temps(status_file.parent, status_file.name)
+    # Entries ``once`` may be writing right now: only temps no live write could own.
+    for folder in [state_dir / "cache", *sorted((state_dir / "results").glob("*/"))]:
+        removed += remove_stale_temps(folder, older_than_s=SHARED_TEMP_AGE_S)
     return removed + prune_orphan_lists(state_dir / "runs")
 
 
@@ -111,6 +116,7 @@ class StateDirLock:
         self._config_path = config_path
         self._fd: int | None = None
         self._idents: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self._check_now: asyncio.Event | None = None  # set: ``watch`` checks at once
 
     def acquire(self) -> None:
         """Prepare the folder and take the lock; raises DaemonError."""
@@ -142,11 +148,22 @@ class StateDirLock:
             os.close(self._fd)
             self._fd = None
 
+    def check_before_write(self) -> None:
+        """Before a write that recovery depends on (a ledger record): if the lock no
+        longer guards the folder, ``watch`` acts now rather than within a second."""
+        if self._check_now is not None and self.problem():
+            self._check_now.set()
+
     async def watch(self, log: Callable[[], Any], restored: Callable[[], None]) -> str:
-        """Check every ``CHECK_EVERY_S``; re-take a lost lock (then ``restored()``).
-        Returns only when the state dir cannot be held: the reason to stop."""
+        """Check every ``CHECK_EVERY_S`` (or at once, ``check_before_write``); re-take a
+        lost lock (then ``restored()``). Returns only when the state dir cannot be held:
+        the reason to stop."""
+        self._check_now = asyncio.Event()
         while True:
-            await asyncio.sleep(CHECK_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CHECK_EVERY_S):
+                    await self._check_now.wait()
+            self._check_now.clear()
             problem = self.problem()
             if not problem:
                 continue

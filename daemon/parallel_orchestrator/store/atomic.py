@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from pathlib import Path
 
 from .folders import make_dirs
@@ -29,13 +30,18 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
 
 
-def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+def remove_stale_temps(
+    folder: Path, name: str | None = None, *, older_than_s: float = 0.0
+) -> list[Path]:
     """Remove temp files an interrupted ``write_atomic`` left in ``folder`` (kill -9
     between create and rename): those of target ``name``, or every one when None.
 
-    Only at start-up, when no writer of ours is mid-write. Returns what was removed.
+    At start-up, when no writer of ours is mid-write; where another process may write
+    (``once`` stores cache entries), only temps older than ``older_than_s``.
+    Returns what was removed.
     """
     prefix = "." if name is None else f".{name}."
+    cutoff = time.time() - older_than_s
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -44,6 +50,8 @@ def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
     for entry in entries:
         if entry.name.startswith(prefix) and entry.name.endswith(_TEMP_SUFFIX):
             if entry.is_dir(follow_symlinks=False):
+                continue
+            if older_than_s and entry.stat(follow_symlinks=False).st_mtime > cutoff:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
