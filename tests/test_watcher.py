@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,33 @@ async def test_rearm_on_new_paths(tmp_path: Path) -> None:
         assert await w.wait_armed(10)
         (c / "new.py").write_text("x")
         await col.until(lambda: str(c / "new.py") in col.paths())
+    finally:
+        await asyncio.to_thread(w.stop)
+
+
+async def test_a_removed_root_is_no_rearm_and_a_root_back_again_is(tmp_path: Path) -> None:
+    # Re-arming on a removal let an edit made while the new watcher armed be seen by
+    # both watchers: one save, two batches, the first run cancelled by the second.
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    col = Collector()
+    w = Watcher(asyncio.get_running_loop(), col.on_chunk, col.on_restart, step_ms=10)
+    w.set_paths([str(a), str(b)])
+    w.start()
+    try:
+        assert await w.wait_armed(10)
+        shutil.rmtree(b)
+        assert not w.set_paths([str(a)])  # the armed watcher still covers a
+        (a / "x.py").write_text("1")
+        await col.until(lambda: str(a / "x.py") in col.paths())
+        # The same path back (a worktree recreated where one was deleted) needs a new
+        # watch: the old one on it died with the folder.
+        b.mkdir()
+        assert w.set_paths([str(a), str(b)])
+        assert await w.wait_armed(10)
+        (b / "y.py").write_text("2")
+        await col.until(lambda: str(b / "y.py") in col.paths())
     finally:
         await asyncio.to_thread(w.stop)
 

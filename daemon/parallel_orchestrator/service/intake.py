@@ -154,7 +154,10 @@ class ChangeIntake:
                 ignored = await oracle.ignored(rels)
             except (GitCheckIgnoreError, OSError) as exc:
                 if not oracle.worktree.is_dir():
-                    return  # the worktree is being removed: rediscovery reports that
+                    # The worktree is being removed (deleted behind git's back: no admin
+                    # dir change says so): rediscover now rather than at the next round.
+                    self._rediscover()
+                    return
                 self._log().warning("gitignore_check_failed", hypothesis=hyp, error=str(exc))
                 ignored = set()
             keep = rels - ignored

@@ -106,6 +106,11 @@ class PollFallback:
                 self._pollers[root] = _Poller(root)
         return [p for p in existing if p not in polled], released
 
+    def retain(self, roots: Sequence[str]) -> None:
+        """Stop polling roots no longer watched (a removed worktree)."""
+        for root in self._pollers.keys() - set(roots):
+            del self._pollers[root]
+
     def active_demotions(self) -> frozenset[str]:
         """Demoted roots whose hold-down still runs; an expired one gets inotify again."""
         now = time.monotonic()

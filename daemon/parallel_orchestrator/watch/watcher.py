@@ -129,12 +129,22 @@ class Watcher:
         self._fallback = PollFallback()
 
     def set_paths(self, paths: Sequence[str]) -> bool:
-        """Watch exactly these paths from now on (a re-arm if they differ)."""
+        """Watch these paths from now on; True when that takes a re-arm (a path is new).
+
+        Fewer paths are no re-arm: the armed watcher already covers the rest, and what it
+        still reports from a dropped root (usually deleted) is nobody's change. A re-arm
+        there would be worse than useless: the old watcher runs until the new one is
+        armed, so an edit made meanwhile is seen by both and reported twice, a moment
+        apart: two batches, and the first run restarted (cancelled) by the second.
+        """
         new = tuple(sorted(set(paths)))
         with self._lock:
             if new == self._paths:
                 return False
+            grows = not set(new) <= set(self._paths)
             self._paths = new
+            if not grows:
+                return False
             self._generation += 1
             self._armed.clear()
         return True
@@ -176,6 +186,7 @@ class Watcher:
                 with self._lock:
                     generation, paths = self._generation, self._paths
                     step, chunk = self.step_ms, self.chunk_ms
+                self._fallback.retain(paths)
                 key = (generation, step, self._fallback.active_demotions())
                 if (state.notify is None or state.armed_for != key) and not self._rearm(
                     state, key, paths
