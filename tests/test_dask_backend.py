@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -261,7 +262,10 @@ async def test_shutdown_cancels_every_running_job(backend: DaskBackend, tmp_path
 async def test_a_cancel_before_the_start_leaves_nothing_running(
     backend: DaskBackend, tmp_path: Path
 ) -> None:
-    spec = spec_for(tmp_path, "early", "sleep 300")
+    # A job id of this run alone: the check below scans every process on the machine,
+    # and other test sessions run this very test at the same time.
+    job_id = f"early-{uuid.uuid4().hex}"
+    spec = spec_for(tmp_path, job_id, "sleep 300")
     task = asyncio.ensure_future(backend.run(spec))
     await asyncio.sleep(0)  # submitted; not announced as started yet
     task.cancel()
@@ -269,12 +273,24 @@ async def test_a_cancel_before_the_start_leaves_nothing_running(
         await task
     conn = backend._conn
     assert conn is not None
+    # The scheduler forgets a cancelled key at once, but a worker that got the task
+    # already runs it to its end: the job started late and the backend must answer
+    # that start with a kill. So wait until no worker holds the task any more (a job
+    # left running would hold it until its 30 s timeout), then nothing of it may remain.
+    key = f"po-job-{job_id}"
     deadline = time.monotonic() + 20
-    while any("po-job-early" in keys for keys in (await conn.client.processing()).values()):
-        assert time.monotonic() < deadline, "the cancelled task stayed on a worker"
+    while await _held_by_a_worker(conn.client, key):
+        assert time.monotonic() < deadline, "the cancelled job kept running on a worker"
         await asyncio.sleep(0.05)
-    # Had it started after all, the late start was answered with a kill.
-    assert await all_gone(_sleepers_with_job_id("early"), spec.kill_grace_s + 2.0)
+    assert await all_gone(_sleepers_with_job_id(job_id), spec.kill_grace_s + 2.0)
+
+
+async def _held_by_a_worker(client: object, key: str) -> bool:
+    def holds(dask_worker: object) -> bool:
+        return key in dask_worker.state.tasks  # type: ignore[attr-defined]
+
+    held = await client.run(holds)  # type: ignore[attr-defined]
+    return any(held.values())
 
 
 def _sleepers_with_job_id(job_id: str) -> list[int]:
@@ -294,8 +310,17 @@ async def test_a_worker_killed_mid_job_is_an_error_naming_it_and_leaves_no_orpha
     backend: DaskBackend, tmp_path: Path
 ) -> None:
     where: list[str] = []
+    started = asyncio.Event()
+
+    def on_started(pid: int, worker: str | None) -> None:
+        where.append(worker or "")
+        started.set()
+
     spec = spec_for(tmp_path, "victim", STUBBORN, kill_grace_s=0.5)
-    task = asyncio.ensure_future(backend.run(spec, lambda pid, w: where.append(w or "")))
+    task = asyncio.ensure_future(backend.run(spec, on_started))
+    # The pids file is written on the worker before the start reaches us (worker ->
+    # scheduler -> our subscription): wait for the start itself, as the daemon does.
+    await asyncio.wait_for(started.wait(), 30)
     pids = await pids_in(tmp_path / "pids", 2)
     conn = backend._conn
     assert conn is not None and where
