@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OrchestratorError
+from .safetext import one_line
 
 RUNS_DIR = "runs"
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -25,9 +26,16 @@ class RunLogError(OrchestratorError):
 def split_cell(text: str) -> tuple[str, str]:
     """``HYPOTHESIS/SCRIPT`` -> (hypothesis, script)."""
     hyp, sep, script = text.rpartition("/")
-    if not sep or not hyp or not script:
-        raise RunLogError(f"{text}: expected HYPOTHESIS/SCRIPT (e.g. main/tests)")
+    if not sep or not _is_name(hyp) or not _is_name(script):
+        raise RunLogError(f"{one_line(text)}: expected HYPOTHESIS/SCRIPT (e.g. main/tests)")
     return hyp, script
+
+
+def _is_name(part: str) -> bool:
+    """One folder name under ``runs/``: hypothesis ids are folder names and script names
+    are validated by the config, so a ``/``, ``.``/``..`` or NUL is never one, and would
+    lead ``output`` out of the state dir."""
+    return part not in ("", ".", "..") and "/" not in part and "\0" not in part
 
 
 def run_folder(state_dir: Path, hypothesis: str, script: str) -> Path:
