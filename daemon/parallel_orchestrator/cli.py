@@ -432,15 +432,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
             sys.stdout.write(logview.format_event(event, ascii_only=ascii_only) + "\n")
         sys.stdout.flush()
 
-    if args.follow:
+    try:  # a history that cannot be read is nothing to read (exit 3), as for ``status``
+        if args.follow:
+            if not logview.history_exists(state_dir):
+                print(f"waiting for {logview.events_path(state_dir)} ...", file=sys.stderr)
+            with contextlib.suppress(KeyboardInterrupt):
+                logview.follow_events(state_dir, wanted, emit, threading.Event(), n=args.n)
+            return EXIT_OK
         if not logview.history_exists(state_dir):
-            print(f"waiting for {logview.events_path(state_dir)} ...", file=sys.stderr)
-        with contextlib.suppress(KeyboardInterrupt):
-            logview.follow_events(state_dir, wanted, emit, threading.Event(), n=args.n)
-        return EXIT_OK
-    if not logview.history_exists(state_dir):
-        return _fail(f"{logview.events_path(state_dir)}: no event history yet", EXIT_NO_STATUS)
-    events = logview.last_events(state_dir, wanted, args.n)
+            return _fail(f"{logview.events_path(state_dir)}: no event history yet", EXIT_NO_STATUS)
+        events = logview.last_events(state_dir, wanted, args.n)
+    except logview.EventHistoryError as exc:
+        return _fail(str(exc), EXIT_NO_STATUS)
     if not events:
         return _fail("no matching event", EXIT_NO_STATUS)
     for line, event in events:

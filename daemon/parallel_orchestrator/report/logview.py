@@ -10,6 +10,7 @@ reloads, unreadable reports, warnings). ``--json`` prints the raw lines of the s
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections import deque
@@ -21,13 +22,16 @@ from typing import Any
 
 from ..errors import OrchestratorError
 from ..store.safe_open import open_regular
-from .eventlog import EVENTS_FILE
+from .eventlog import EVENTS_FILE, EVENTS_MAX_BYTES
 from .safetext import one_line
 from .statusview import state_mark
 
 POLL_S = 0.2
 CELL_WIDTH = 24  # "hypothesis/script" padded so results line up in a scrolling terminal
 MAX_SHOWN_FAILING = 3
+# The daemon keeps at most twice EVENTS_MAX_BYTES; a bigger file was not written by it,
+# and ``logs`` reads only its end rather than all of it into memory.
+MAX_READ_BYTES = 4 * EVENTS_MAX_BYTES
 # Besides job results: what a person tailing results wants to know happened.
 NOTABLE_EVENTS = frozenset(
     {
@@ -85,15 +89,19 @@ def _open_history(path: Path) -> int:
 def _parse(line: bytes) -> dict[str, Any] | None:
     try:
         event = json.loads(line)
-    except ValueError:
-        return None  # a line cut by a crash: skip it, the rest is still good
+    except (ValueError, RecursionError):
+        return None  # a line cut by a crash (or garbage): skip it, the rest is still good
     return event if isinstance(event, dict) else None
 
 
 def _lines(path: Path) -> list[bytes]:
     try:
         with os.fdopen(_open_history(path), "rb") as f:
-            return f.read().splitlines()
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_READ_BYTES:
+                f.seek(size - MAX_READ_BYTES)
+                f.readline()  # the rest of a line cut by the seek
+            return f.read(MAX_READ_BYTES).splitlines()
     except FileNotFoundError:
         return []
 
@@ -129,14 +137,16 @@ def _local_time(value: object) -> str:
     if not isinstance(value, str):
         return "-" * 19
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone()
+    except (ValueError, OverflowError):  # not a time, or one local time cannot show
         return value[:19]
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _duration(value: object) -> str:
     if not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    if not math.isfinite(value) or value < 0:
         return ""
     return f"{value:.1f}s" if value < 60 else f"{int(value // 60)}m{int(value % 60):02d}s"
 
@@ -243,6 +253,9 @@ class _Follower:
             self._open(at_end=False)
             if self._f is None:
                 return
+        if os.fstat(self._f.fileno()).st_size < self._f.tell():
+            self._f.seek(0)  # truncated in place (copytruncate): read it from the start
+            self._partial = b""
         while True:
             data = self._f.read()
             if data:
