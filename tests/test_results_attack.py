@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from harness import make_repo, run_cli, wait_until, write_config
+from harness import DaemonProcess, make_repo, run_cli, wait_until, write_config
+from parallel_orchestrator.report.results import write_results
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -200,3 +201,80 @@ def test_logs_follow_into_a_reader_that_leaves_exits_cleanly(tmp_path: Path) -> 
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_daemon_history_is_never_a_fifo_or_a_link(tmp_path: Path, kind: str) -> None:
+    """A FIFO planted as events.jsonl blocked the daemon's first log line forever (an
+    open for writing waits for a reader); a symlink redirected its appends."""
+    cfg = _config(tmp_path, run_on_start=True)
+    state = cfg.parent / "state"
+    state.mkdir(mode=0o700)
+    history = state / "events.jsonl"
+    target = tmp_path / "victim.txt"
+    target.write_text("untouched\n")
+    if kind == "fifo":
+        os.mkfifo(history)
+    else:
+        history.symlink_to(target)
+    d = DaemonProcess(cfg)
+    try:
+        d.wait_ready()
+        d.wait_event("job_finished", count=2)  # repo and hyp-a ran; log file unaffected
+        assert d.stop() == 0
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+    assert target.read_text() == "untouched\n"
+    assert "events.jsonl" in d.stderr_path.read_text()  # said once, not hidden
+
+
+def _status(tmp_path: Path, doc: dict[str, Any] | str) -> Path:
+    path = tmp_path / "copy" / "status.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def _doc(cells: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "daemon": {"pid": None, "version": "0", "state": "stopped"},
+        "hypotheses": {h: {"path": f"/r/{h}", "branch": h, "scripts": c} for h, c in cells.items()},
+        "summary": {},
+    }
+
+
+def test_status_and_compare_do_not_hang_on_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "status.json"
+    os.mkfifo(fifo)
+    for command in ("status", "compare"):
+        got = run_cli(command, "--status-file", os.fsdecode(fifo), cwd=tmp_path, timeout=HANG_S)
+        one_line_error(got, 3, "status.json", "not a regular file")
+
+
+def test_out_of_range_numbers_in_a_status_file_are_shown_as_unknown(tmp_path: Path) -> None:
+    # 1e400 is valid JSON that Python reads as inf, which json refuses to write back.
+    cells = {"a": {"t": {"last_result": "pass", "duration_s": "DUR", "tests": None}}}
+    path = _status(tmp_path, json.dumps(_doc(cells)).replace('"DUR"', "1e400"))
+    for args in (("status", "--json"), ("compare", "--json", "--baseline", "a")):
+        got = run_cli(*args, "--status-file", os.fsdecode(path), cwd=tmp_path)
+        assert got.returncode == 0, got.stderr
+        json.loads(got.stdout)
+    shown = run_cli("status", "--status-file", os.fsdecode(path), cwd=tmp_path)
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr
+
+
+def test_compare_treats_a_damaged_results_file_as_none(tmp_path: Path) -> None:
+    cell = {"last_result": "fail", "duration_s": 1.0, "tests": None}
+    path = _status(tmp_path, _doc({"a": {"t": cell}, "b": {"t": cell}}))
+    write_results(path.parent, "a", "t", {"job_id": "j", "tests": {"x::y": "failed"}})
+    planted = path.parent / "results" / "b" / "t.json"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("[" * 100_000)
+    got = run_cli(
+        "compare", "--json", "--baseline", "a", "--status-file", os.fsdecode(path), cwd=tmp_path
+    )
+    assert got.returncode == 0, got.stderr
+    b = next(h for h in json.loads(got.stdout)["hypotheses"] if h["id"] == "b")
+    assert b["scripts"]["t"]["fixed"] == [] and b["scripts"]["t"]["broken"] == []

@@ -61,7 +61,7 @@ def read_results(state_dir: Path, hypothesis: str, script: str) -> dict[str, Any
     try:
         with os.fdopen(open_regular(path), "rb") as f:
             doc = json.loads(f.read(MAX_RESULTS_BYTES))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested deep
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("tests"), dict):
         return None

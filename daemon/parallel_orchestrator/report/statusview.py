@@ -40,7 +40,7 @@ from ..states import (
     TIMEOUT,
 )
 from ..store.safe_open import read_regular
-from .safetext import one_line
+from .safetext import finite, one_line
 
 SCHEMA_VERSION = 1
 
@@ -103,7 +103,8 @@ def read_status(path: Path) -> dict[str, Any]:
         raise StatusFileInvalid(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
         # NaN/Infinity are not JSON (an old daemon wrote them): shown as unknown, not fatal.
-        doc = json.loads(raw, parse_constant=lambda _name: None)
+        # 1e400 is JSON too, read as inf, which json refuses to write back (--json).
+        doc = finite(json.loads(raw, parse_constant=lambda _name: None))
     except RecursionError as exc:
         raise StatusFileInvalid(f"{path}: not a status file: nested too deeply") from exc
     except UnicodeDecodeError as exc:
