@@ -278,3 +278,58 @@ def test_compare_treats_a_damaged_results_file_as_none(tmp_path: Path) -> None:
     assert got.returncode == 0, got.stderr
     b = next(h for h in json.loads(got.stdout)["hypotheses"] if h["id"] == "b")
     assert b["scripts"]["t"]["fixed"] == [] and b["scripts"]["t"]["broken"] == []
+
+
+def test_ids_cannot_reorder_the_terminal_or_break_markdown(tmp_path: Path) -> None:
+    spoof = "t::bidi\u202egnissap"  # shows as "t::bidipassing" reversed: looks like a pass
+    piped = "t::case[a|b]"
+    cells = {
+        "a": {"t": {"last_result": "fail", "duration_s": 1.0, "tests": None}},
+        "b": {"t": {"last_result": "fail", "duration_s": 1.0, "tests": None}},
+    }
+    path = _status(tmp_path, _doc(cells))
+    write_results(
+        path.parent, "a", "t", {"job_id": "j", "tests": {spoof: "passed", piped: "failed"}}
+    )
+    write_results(
+        path.parent, "b", "t", {"job_id": "k", "tests": {spoof: "failed", piped: "passed"}}
+    )
+    where = ("--baseline", "a", "--status-file", os.fsdecode(path))
+    text = run_cli("compare", *where, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "\u202e" not in text.stdout and "t::bidi\\u202egnissap" in text.stdout
+    md = run_cli("compare", "--markdown", *where, cwd=tmp_path).stdout
+    assert "\u202e" not in md
+    # Outside the table a code span shows its text as it is: no "\|" to read.
+    assert "- `b` fixed: `t::case[a|b]`" in md
+    assert "- `b` broke: `t::bidi\\u202egnissap`" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert all(line.count(" | ") == table[0].count(" | ") for line in table)
+
+
+def test_logs_and_status_escape_ids_from_a_real_report(tmp_path: Path) -> None:
+    """A report a job wrote, read by the real daemon: ids with newlines, C1 escapes and
+    bidi overrides reach ``logs`` and ``status`` only as visible escapes."""
+    report = (
+        '<testsuite><testcase classname="c" name="nl&#10;2026-01-01 fake  ok">'
+        '<failure message="m&#x9b;2J"/></testcase>'
+        '<testcase classname="c" name="csi&#x9b;2J&#x202e;kcab"><error/></testcase>'
+        "</testsuite>"
+    )
+    writer = f"import os,sys; open(os.environ['PO_JUNIT_XML'],'w').write({report!r}); sys.exit(1)"
+    repo, _ = make_repo(tmp_path, ())
+    script = {"name": "tests", "command": [sys.executable, "-c", writer], "watch": ["**/*"]}
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [script], run_on_start=True)
+    d = DaemonProcess(cfg)
+    try:
+        d.wait_ready()
+        d.wait_event("job_finished")
+        for args in (("logs",), ("status",)):
+            got = cli(cfg, *args)
+            assert got.returncode == 0, got.stderr
+            for raw in ("\x9b", "\u202e", "\n2026-01-01 fake"):
+                assert raw not in got.stdout, (args, got.stdout)
+            shown = "c::csi\\x9b2J\\u202ekcab" if args == ("logs",) else "c::nl\\n2026-01-01"
+            assert shown in got.stdout
+    finally:
+        d.stop()

@@ -8,6 +8,7 @@ same table for a pull-request description.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,7 +89,18 @@ def _md(text: str) -> str:
 
 
 def _md_code(text: str) -> str:
+    """A code span inside a table cell (pipes escaped, as the table needs)."""
     return "`" + _md(text).replace("`", "'") + "`"
+
+
+def _md_inline_code(text: str) -> str:
+    """A code span outside a table: shown exactly (no pipe escapes, which would show),
+    fenced by more backticks than the longest run inside it (CommonMark)."""
+    shown = one_line(text)
+    longest = max((len(run) for run in re.findall("`+", shown)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if shown.startswith("`") or shown.endswith("`") else ""
+    return f"{fence}{pad}{shown}{pad}{fence}"
 
 
 def render_markdown(comparison: Mapping[str, Any]) -> str:
@@ -113,10 +125,10 @@ def render_markdown(comparison: Mapping[str, Any]) -> str:
         fixed, broken = _totals(entry)
         for word, ids in (("fixed", fixed), ("broke", broken)):
             if ids:
-                shown = ", ".join(_md_code(t) for t in ids[:MAX_LISTED_IDS])
+                shown = ", ".join(_md_inline_code(t) for t in ids[:MAX_LISTED_IDS])
                 more = len(ids) - MAX_LISTED_IDS
                 suffix = f" and {more} more" if more > 0 else ""
-                details.append(f"- {_md_code(entry['id'])} {word}: {shown}{suffix}")
+                details.append(f"- {_md_inline_code(entry['id'])} {word}: {shown}{suffix}")
     if details:
         lines += ["", *details]
     return "\n".join(lines) + "\n"

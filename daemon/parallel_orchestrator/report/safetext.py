@@ -14,9 +14,12 @@ import math
 import re
 from typing import Any
 
-# C0 controls except tab/newline, DEL, C1 controls; and lone surrogates (fsdecode'd bytes).
-_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
-_UNSAFE_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0 controls except tab/newline, DEL, C1 controls; lone surrogates (fsdecode'd bytes);
+# and the bidirectional overrides/isolates/marks, which reorder what follows them on
+# screen ("Trojan Source"): a test id could make "ssap" read as "pass".
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\ud800-\\udfff{_BIDI}]")
+_UNSAFE_IN_LINE = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff{_BIDI}]")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -43,12 +46,12 @@ def block(text: str) -> str:
     return _UNSAFE.sub(_escape, text.replace("\r\n", "\n"))
 
 
-_UNSAFE_IN_JSON = re.compile(r"[\x7f-\x9f\ud800-\udfff]")
+_UNSAFE_IN_JSON = re.compile(f"[\\x7f-\\x9f\\ud800-\\udfff{_BIDI}]")
 
 
 def json_text(doc: object, *, indent: int | None = 2) -> str:
-    """JSON for a terminal or a pipe: non-ASCII kept readable, but DEL, C1 controls and
-    lone surrogates written as ``\\uXXXX`` escapes (json leaves them raw), so the text
+    """JSON for a terminal or a pipe: non-ASCII kept readable, but DEL, C1 controls, bidi
+    controls and lone surrogates written as ``\\uXXXX`` escapes (json leaves them raw), so the text
     is valid JSON, safe on a terminal, and always encodable as UTF-8."""
     text = json.dumps(doc, indent=indent, ensure_ascii=False, allow_nan=False)
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
