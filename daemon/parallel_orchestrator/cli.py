@@ -1,8 +1,9 @@
 """The command line; the only module that turns outcomes into exit codes.
 
 Exit codes (a contract): 0 success; 1 some job did not pass; 2 usage or configuration
-error; 3 (``status``) no status file to read. Every ``OrchestratorError`` a command does not
-turn into another code itself is caught once, in ``main``: its lines on stderr, exit 2.
+error; 3 (``status``) no status file to read, (``rerun``) no daemon running. Every
+``OrchestratorError`` a command does not turn into another code itself is caught once,
+in ``main``: its lines on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -90,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the real daemon on a throwaway repository (~5 s)")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder")
+
+    rerun = sub.add_parser("rerun", help="ask the running daemon to run cells now")
+    rerun.add_argument("-c", "--config")
+    rerun.add_argument(
+        "--failed", action="store_true", help="only cells whose last result is not pass"
+    )
+    rerun.add_argument(
+        "targets", nargs="*", metavar="HYPOTHESIS[/SCRIPT]", help="default: every cell"
+    )
     _add_results_parsers(sub)
     return p
 
@@ -142,6 +152,34 @@ def _load(config: str | None):  # -> Settings
     from .settings.loader import locate_and_load
 
     return locate_and_load(config)
+
+
+def _load_for_reading(config: str | None):  # -> Settings
+    """The config for a command that only reads the daemon's state. A config that is
+    invalid on disk (a reload the daemon rejected: it runs on) is read only for where
+    the state is, with a one-line note; when no state is found there, its errors stand."""
+    from .report.safetext import one_line
+    from .settings.loader import ConfigError
+    from .settings.salvage import salvage_settings
+
+    try:
+        return _load(config)
+    except ConfigError as exc:
+        salvaged = salvage_settings(config, os.environ)
+        if salvaged is None or not _has_status_file(salvaged):
+            raise
+        first = one_line(exc.lines[0]) if exc.lines else "invalid"
+        print(
+            f"note: the config on disk is invalid ({first}); showing the daemon's state",
+            file=sys.stderr,
+        )
+        return salvaged
+
+
+def _has_status_file(settings) -> bool:  # (Settings) -> bool
+    from .report.statelocate import status_file_for
+
+    return status_file_for(settings, os.environ).is_file()
 
 
 def _load_and_discover(config: str | None):  # -> (Settings, list[Worktree])
@@ -293,26 +331,27 @@ async def _interruptible(work: Coroutine[Any, Any, T]) -> tuple[T | None, int | 
             loop.remove_signal_handler(sig)
 
 
-def _status_path(args: argparse.Namespace) -> Path:
-    """The status file ``status`` reads: ``--status-file``, else the one of the daemon
-    that the config describes (a ConfigError or ForeignStatusFile reaches ``main``)."""
-    from .report.statelocate import status_file_for
+def _status_source(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The status file ``status`` reads and its state dir: ``--status-file`` (and its
+    folder), else those of the daemon that the config describes (a ConfigError or
+    ForeignStatusFile reaches ``main``)."""
+    from .report.statelocate import state_dir_for, status_file_for
 
     if args.status_file:
-        return Path(args.status_file)
-    return status_file_for(_load(args.config), os.environ)
+        return Path(args.status_file), Path(args.status_file).parent
+    settings = _load_for_reading(args.config)
+    return status_file_for(settings, os.environ), state_dir_for(settings, os.environ)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .report import statusview
     from .report.safetext import json_text
 
-    path = _status_path(args)
+    path, state_dir = _status_source(args)
     color = statusview.should_color(sys.stdout, os.environ)
     ascii_only = not statusview.can_encode_marks(getattr(sys.stdout, "encoding", None))
     if args.watch:
-        with contextlib.suppress(KeyboardInterrupt):
-            statusview.watch_status(path, sys.stdout, color=color, ascii_only=ascii_only)
+        _watch_with_keys(path, state_dir, color=color, ascii_only=ascii_only)
         return EXIT_OK
     try:
         doc = statusview.read_status(path)
@@ -324,6 +363,47 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json_text(doc))
     else:
         print(statusview.render_table(doc, color=color, ascii_only=ascii_only))
+    return EXIT_OK
+
+
+def _watch_with_keys(path: Path, state_dir: Path, **style: bool) -> None:
+    """``status --watch``; with a terminal on stdin, keys too (a, f, q; see watchkeys)."""
+    import threading
+
+    from .commands.watchkeys import WatchKeys, stdin_is_terminal
+    from .report import statusview
+
+    stop, wake = threading.Event(), threading.Event()
+    if not stdin_is_terminal(sys.stdin.fileno()):
+        with contextlib.suppress(KeyboardInterrupt):
+            statusview.watch_status(path, sys.stdout, stop=stop, **style)
+        return
+
+    def rerun(failed: bool) -> str:
+        from .commands.rerun import describe, request_rerun
+
+        return describe(request_rerun(path, state_dir, [], failed, wait_s=1.0))
+
+    keys = WatchKeys(
+        sys.stdin.fileno(), {"a": lambda: rerun(False), "f": lambda: rerun(True)}, stop, wake
+    )
+    with contextlib.suppress(KeyboardInterrupt), keys.active():
+        statusview.watch_status(path, sys.stdout, stop=stop, wake=wake, footer=keys.footer, **style)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from .commands.rerun import NoDaemon, describe, request_rerun
+
+    settings = _load_for_reading(args.config)
+    located = _located(settings)
+    if isinstance(located, int):
+        return located
+    status_path, state_dir = located
+    try:
+        outcome = request_rerun(status_path, state_dir, args.targets, args.failed)
+    except NoDaemon as exc:
+        return _fail(str(exc), EXIT_NO_STATUS)
+    print(describe(outcome))
     return EXIT_OK
 
 
@@ -363,7 +443,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         state_dir = path.parent
     else:
         try:
-            settings = _load(args.config)
+            settings = _load_for_reading(args.config)
         except ConfigError as exc:
             return _fail("\n".join(exc.errors))
         located = _located(settings)
@@ -407,7 +487,7 @@ def _results_state_dir(config: str | None) -> Path | int:
     from .settings.loader import ConfigError
 
     try:
-        settings = _load(config)
+        settings = _load_for_reading(config)
     except ConfigError as exc:
         return _fail("\n".join(exc.errors))
     located = _located(settings)
@@ -458,7 +538,7 @@ def cmd_output(args: argparse.Namespace) -> int:
 
     try:
         hyp, script = split_cell(args.cell)
-        settings = _load(args.config)
+        settings = _load_for_reading(args.config)
     except RunLogError as exc:
         return _fail(str(exc))
     except ConfigError as exc:
@@ -544,6 +624,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "logs": cmd_logs,
     "output": cmd_output,
+    "rerun": cmd_rerun,
 }
 
 

@@ -136,6 +136,14 @@ class StatusBoard:
     def set_daemon_state(self, state: str) -> None:
         self.doc["daemon"]["state"] = state
 
+    def set_config_error(self, errors: list[str] | None) -> None:
+        """A rejected reload (the daemon runs on the last good config): readers see
+        ``daemon.config_error``; a good reload (None) clears it."""
+        if errors is None:
+            self.doc["daemon"].pop("config_error", None)
+        else:
+            self.doc["daemon"]["config_error"] = {"errors": errors, "at": iso(time.time())}
+
     def counts(self) -> dict[str, int]:
         summary = dict.fromkeys(SUMMARY_KEYS, 0)
         for hyp in self.doc["hypotheses"].values():

@@ -586,6 +586,8 @@ def watch_status(
     ascii_only: bool = False,
     width: int | None = None,
     clock: Callable[[], float] = time.time,
+    wake: threading.Event | None = None,
+    footer: Callable[[], str] | None = None,
 ) -> None:
     """Redraw whenever the status file is replaced; on a TTY also every ``interval_s`` so
     the "N s ago" text stays true. Off a TTY (a pipe, a log) a frame is written only when
@@ -593,10 +595,12 @@ def watch_status(
 
     The file watch only wakes the loop early: the file is also stat-ed every
     ``interval_s``, so a lost or failed watch costs latency, never a missed update.
-    Returns when ``stop`` is set or on Ctrl-C."""
+    Returns when ``stop`` is set or on Ctrl-C. ``wake`` redraws now (a key was pressed);
+    ``footer`` gives lines shown under each frame (the keys' help and answers)."""
     stop = stop if stop is not None else threading.Event()
     tty = _isatty(out)
-    wake = threading.Event()
+    wake = wake if wake is not None else threading.Event()
+    shown_footer = ""
     watcher: _DirWatcher | None = None
     note = ""
     never_drawn = object()
@@ -611,7 +615,8 @@ def watch_status(
                 watcher = _DirWatcher(path, wake, stop)
                 watcher.start()
             signature = _signature(path)
-            if tty or signature != drawn or note:
+            extra = footer() if footer is not None else ""
+            if tty or signature != drawn or note or extra != shown_footer:
                 frame_width = width
                 if frame_width is None and tty:
                     frame_width = shutil.get_terminal_size().columns
@@ -621,6 +626,8 @@ def watch_status(
                 if note:
                     frame += note + "\n"
                     note = ""
+                frame += extra
+                shown_footer = extra
                 if tty:
                     out.write(CLEAR_SCREEN + frame)
                 else:

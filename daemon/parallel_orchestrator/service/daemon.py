@@ -45,7 +45,8 @@ from ..states import (
     PASS,
 )
 from ..watch.watcher import Watcher, step_for
-from .dispatch import dispatch_batch, run_everything
+from .control import ControlChannel, cell_map
+from .dispatch import dispatch_batch, run_cells, run_everything
 from .intake import ChangeIntake
 from .jobglue import BoardHooks, JobGlue, path_or_none, report_recovered
 from .notify import Notifier
@@ -138,6 +139,15 @@ class Daemon:
             exclusive=[s.name for s in settings.scripts if s.exclusive],
         )
         self.watcher: Watcher | None = None
+        self.control = ControlChannel(
+            state_dir=d.state_dir,
+            config=settings.config_path,
+            cells=lambda: cell_map(self.worktrees, self.settings.scripts, self.board),
+            run_cells=self._run_cells,
+            reload=lambda: self._signals.put_nowait(signal.SIGHUP),
+            spawn=self._spawn,
+            log=lambda: self.log,
+        )
 
     # == lifecycle ========================================================================
     async def run(self) -> int:
@@ -147,6 +157,10 @@ class Daemon:
         self.state_lock.acquire()
         if tidied := tidy_state_dir(d.state_dir, d.status_file):
             self.log.info("state_dir_tidied", removed=[os.fsdecode(p) for p in tidied])
+        try:
+            self.control.prepare()
+        except OSError as exc:
+            raise DaemonError(f"state dir {d.state_dir}: {exc.strerror or exc}") from exc
         janitor.become_subreaper()
         recovered = ledger.recover(self.jobs_dir)
         await self._start_backend()
@@ -182,6 +196,7 @@ class Daemon:
             await self._start_watching(loop)
             if d.run_on_start and self._signals.empty():
                 self._run_everything(list(self.worktrees), reason="start")
+            await self.control.start(loop)  # rerun requests, config saves
             reason = await self._main_loop()
             code = 1 if reason == STATE_DIR_LOST else 0  # a stop we did not choose
         except Exception as exc:
@@ -253,16 +268,14 @@ class Daemon:
         # The watcher thread notices a stop only between watch calls (up to ~0.5 s): stop
         # it alongside the jobs, not before them, or that wait eats into the
         # kill_grace_s + 2 s shutdown budget.
-        watcher_stopped = (
-            asyncio.ensure_future(asyncio.to_thread(self.watcher.stop, 1.5))
-            if self.watcher is not None
-            else None
+        watcher_stopped = asyncio.gather(
+            asyncio.to_thread(self.watcher.stop, 1.5) if self.watcher else asyncio.sleep(0),
+            asyncio.to_thread(self.control.close),
         )
         grace = max((s.kill_grace_s for s in self.settings.scripts), default=5.0)
         stuck = await self.scheduler.shutdown(timeout=grace + 1.5)
         await self._close_backend()
-        if watcher_stopped is not None:
-            await watcher_stopped
+        await watcher_stopped
         if stuck:
             self.log.error("jobs_not_stopped", jobs=[f"{h}/{s}" for h, s in stuck])
         for task in list(self._tasks):
@@ -432,6 +445,10 @@ class Daemon:
             batch_id, hyps, self.settings.scripts, self.scheduler.submit, self.log, reason
         )
 
+    def _run_cells(self, cells: list[tuple[str, str]], reason: str) -> None:
+        batch_id = self.batcher.next_batch_id()
+        run_cells(batch_id, cells, self.scheduler.submit, self.log, reason)
+
     # == jobs =============================================================================
     def _priority(self, key: tuple[str, str]) -> int:
         cell = self.board.cell(*key)
@@ -443,6 +460,7 @@ class Daemon:
         self.notifier.reloading()
         self.board.set_daemon_state(DAEMON_RELOADING)
         self.status.write()
+        await self.control.config_reloading()
         try:
             new = await asyncio.to_thread(
                 load_settings, self.settings.config_path, cwd=self.cwd, env=self.env
@@ -456,6 +474,7 @@ class Daemon:
                 errors=list(errors),
                 config_path=path_or_none(self.settings.config_path),
             )
+            self.board.set_config_error(list(errors))
             self.board.set_daemon_state(DAEMON_IDLE)  # the status writer refines idle/running
             self.status.write()
             self.notifier.ready()
@@ -476,6 +495,7 @@ class Daemon:
         for script in old.scripts:
             if script.name not in kept:
                 self.scheduler.cancel_script(script.name)  # ends ``cancelled``
+        known = set(self.worktrees)
         async with self._discovery_lock:
             try:
                 found = await discover_async(new.worktrees)
@@ -484,6 +504,7 @@ class Daemon:
                 found = list(self.worktrees.values())
             # also reshapes the status board for the new scripts
             await self._apply_worktrees(found)
+        self.board.set_config_error(None)
         self.board.set_daemon_state(DAEMON_IDLE)
         self.status.write()
         self.log.info(
@@ -492,7 +513,18 @@ class Daemon:
             hypotheses=len(self.worktrees),
             scripts=len(new.scripts),
         )
+        await self.control.config_reloaded(new.config_path, d.state_dir)
+        changed = reloaded_scripts(old, new)  # run once, as a new worktree's are
+        if changed and d.run_on_start:
+            cells = [(h, s) for h in self.worktrees if h in known for s in changed]
+            self._run_cells(cells, reason="config_reloaded")
         self.notifier.ready()
+
+
+def reloaded_scripts(old: Settings, new: Settings) -> list[str]:
+    """Scripts a reload added or changed (any key: command, watch, env...)."""
+    before = {s.name: s for s in old.scripts}
+    return [s.name for s in new.scripts if before.get(s.name) != s]
 
 
 def preflight(old_settings: Settings, new: Settings) -> bool:

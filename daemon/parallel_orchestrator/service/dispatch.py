@@ -3,7 +3,8 @@
 The planner says which scripts a batch's paths trigger; this turns that into one
 ``JobRequest`` per hypothesis x script, after dropping hypotheses that went away while
 the batch formed. ``run_everything`` is the same for a run that no edit caused (start-up,
-a new worktree): every script of every given hypothesis, no changed paths.
+a new worktree): every script of every given hypothesis, no changed paths; ``run_cells``
+for chosen cells (``rerun``, scripts a reload added or changed).
 """
 
 from __future__ import annotations
@@ -65,14 +66,25 @@ def run_everything(
     reason: str,
 ) -> None:
     """Every script in every hypothesis of ``hyps``, as one batch without changed paths."""
-    jobs = [(h, s.name) for h in hyps for s in scripts]
+    run_cells(batch_id, [(h, s.name) for h in hyps for s in scripts], submit, log, reason)
+
+
+def run_cells(
+    batch_id: str,
+    cells: Sequence[tuple[str, str]],
+    submit: Callable[[JobRequest], None],
+    log: Any,
+    reason: str,
+) -> None:
+    """These (hypothesis, script) cells as one batch without changed paths (a rerun
+    asked for, scripts a reload added or changed)."""
     log.info(
         "batch_formed",
         batch_id=batch_id,
-        hypotheses={h: [] for h in hyps},
+        hypotheses={h: [] for h in dict.fromkeys(h for h, _s in cells)},
         changed_count=0,
-        jobs=[f"{h}/{s}" for h, s in jobs],
+        jobs=[f"{h}/{s}" for h, s in cells],
         reason=reason,
     )
-    for hyp, name in jobs:
+    for hyp, name in cells:
         submit(JobRequest(hyp, name, batch_id, set()))

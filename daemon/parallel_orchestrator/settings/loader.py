@@ -275,6 +275,12 @@ def resolve_status_file(explicit: str, state_dir: Path, base: Path, env: Mapping
     return state_dir / "status.json"
 
 
+def resolve_path_value(raw: str, base: Path, env: Mapping[str, str]) -> Path:
+    """A path value of the config as the loader reads it: ``~`` expanded, relative to
+    ``base`` (the config's folder)."""
+    return _absolute(_expand_user(raw, env), base)
+
+
 def resolve_log_file(explicit: str, base: Path, env: Mapping[str, str]) -> Path | None:
     """None means JSON lines on stdout (what journald and foreground use want)."""
     if explicit:

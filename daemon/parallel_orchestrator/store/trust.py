@@ -15,8 +15,9 @@ import stat
 from pathlib import Path
 
 # The state dir's subfolders of records: runs/ (logs), jobs/ (crash ledger), cache/ and
-# results/ (entries read back at start and by the reading commands).
-STATE_SUBDIRS = ("runs", "jobs", "cache", "results")
+# results/ (entries read back at start and by the reading commands), requests/ (what
+# ``rerun`` asks the daemon to run).
+STATE_SUBDIRS = ("runs", "jobs", "cache", "results", "requests")
 
 
 def _folder_problem(folder: Path, label: str, st: os.stat_result) -> str:
