@@ -69,7 +69,9 @@ class ConfigWatch:
         self._reload = reload
         self._spawn = spawn
         self.paths: frozenset[str] = frozenset()
-        self._loaded: FileKey = None
+        # The file the daemon's settings came from (read just before): taken now, not
+        # once the watch is armed, so a save in between still differs and reloads.
+        self._loaded: FileKey = file_key(config) if config is not None else None
         self._timer: asyncio.TimerHandle | None = None
 
     @property

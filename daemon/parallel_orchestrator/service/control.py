@@ -77,9 +77,9 @@ class ControlChannel:
         self._request_folder = os.path.realpath(self.inbox.folder)
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Watch; take requests left from before (a ``rerun`` racing our start)."""
+        """Watch; the rescan after arming takes requests left from before (a ``rerun``
+        racing our start) and reloads a config saved since the daemon read it."""
         await self.config.refresh()
-        await self.config.reading()
         self._watch = FolderWatch(loop, self._wanted, self._on_paths)
         self._watch.set_folders(self._folders())
         self._watch.start()
