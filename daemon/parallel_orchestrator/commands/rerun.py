@@ -10,6 +10,7 @@ removes the file as it takes it, so waiting for the file to go says "taken".
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,20 @@ def _live_daemon(status_path: Path) -> dict[str, Any]:
     return doc
 
 
+def _check_folder(folder: Path) -> None:
+    """The daemon made it, 0700: a link, or a folder others could write, is refused."""
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        raise NoDaemon(f"no daemon takes rerun requests here ({folder} does not exist)") from None
+    except OSError as exc:
+        raise OrchestratorError(f"{folder}: cannot stat: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OrchestratorError(
+            f"{folder}: refusing to write a request: not a folder of ours that only we can write"
+        )
+
+
 def _cells_of(doc: dict[str, Any]) -> tuple[dict[str, list[str]], dict[tuple[str, str], Any]]:
     scripts_of: dict[str, list[str]] = {}
     last: dict[tuple[str, str], Any] = {}
@@ -89,8 +104,7 @@ def request_rerun(
     if not outcome.cells:
         return outcome
     folder = requests_folder(state_dir)
-    if not folder.is_dir():
-        raise NoDaemon(f"no daemon takes rerun requests here ({folder} does not exist)")
+    _check_folder(folder)
     path = folder / new_request_name()
     try:
         # Not durable: a request is for a daemon running now, not for after a crash.

@@ -15,14 +15,23 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..pipeline.scheduler import JobRequest
 from ..report.safetext import one_line
 from ..report.status import StatusBoard
-from ..settings.loader import ScriptSettings
+from ..settings.loader import ScriptSettings, Settings
 from ..watch.folderwatch import FolderWatch
 from .configwatch import ConfigWatch
+from .dispatch import run_cells
 from .requests import RequestInbox, UnknownTargets, requests_folder, select_cells
+from .statedir import DaemonError
 
 MANUAL_REASON = "manual"
+
+
+def reloaded_scripts(old: Settings, new: Settings) -> list[str]:
+    """Scripts a reload added or changed (any key: command, watch, env...)."""
+    before = {s.name: s for s in old.scripts}
+    return [s.name for s in new.scripts if before.get(s.name) != s]
 
 
 def cell_map(
@@ -43,8 +52,8 @@ class ControlChannel:
     """Wires the folder watch to the request inbox and the config watch.
 
     ``cells()`` gives each hypothesis' scripts and each cell's last result, as the
-    daemon knows them now; ``run_cells(cells, reason)`` runs them as one batch;
-    ``reload()`` queues a reload as SIGHUP does.
+    daemon knows them now; ``run`` submits a job request to the scheduler, ``batch_id``
+    names a new batch; ``reload()`` queues a reload as SIGHUP does.
     """
 
     def __init__(
@@ -55,25 +64,30 @@ class ControlChannel:
         cells: Callable[
             [], tuple[Mapping[str, Sequence[str]], Mapping[tuple[str, str], str | None]]
         ],
-        run_cells: Callable[[list[tuple[str, str]], str], None],
+        run: Callable[[JobRequest], None],
+        batch_id: Callable[[], str],
         reload: Callable[[], None],
-        spawn: Callable[..., None],
         log: Callable[[], Any],
     ) -> None:
         self.inbox = RequestInbox(requests_folder(state_dir))
-        self.config = ConfigWatch(config, reload, spawn)
+        self.config = ConfigWatch(config, reload, self._spawn)
         self._cells = cells
-        self._run_cells = run_cells
-        self._spawn = spawn
+        self._run = run
+        self._batch_id = batch_id
         self._log = log
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._before_reload: set[str] = set()
         self._watch: FolderWatch | None = None
         self._collecting = False
         self._again = False
         self._request_folder = os.fsdecode(self.inbox.folder)
 
     def prepare(self) -> None:
-        """Create the requests folder (0700); raises OSError."""
-        self.inbox.prepare()
+        """Create the requests folder (0700); raises DaemonError."""
+        try:
+            self.inbox.prepare()
+        except OSError as exc:
+            raise DaemonError(f"{self.inbox.folder}: {exc.strerror or exc}") from exc
         self._request_folder = os.path.realpath(self.inbox.folder)
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -92,26 +106,37 @@ class ControlChannel:
     def _wanted(self, path: str) -> bool:
         return os.path.dirname(path) == self._request_folder or self.config.wanted(path)
 
-    async def config_reloading(self) -> None:
+    async def config_reloading(self, worktrees: Iterable[str]) -> None:
         """Before a reload reads the config (SIGHUP or a save)."""
+        self._before_reload = set(worktrees)
         await self.config.reading()
 
-    async def config_reloaded(self, config: Path | None, state_dir: Path) -> None:
-        """After a reload: the config's links may have been repointed, the state dir
-        moved (requests then go to its new folder)."""
-        self.config.config = config
+    async def config_reloaded(self, old: Settings, new: Settings, worktrees: Iterable[str]) -> None:
+        """After a good reload: scripts it added or changed run once in the hypotheses
+        that were there before (a new worktree runs all of its own), when
+        ``run_on_start``; the config's links may have been repointed. (The state dir,
+        and so the requests folder, cannot change on a reload.)"""
+        changed = reloaded_scripts(old, new)
+        if changed and new.daemon.run_on_start:
+            hyps = [h for h in worktrees if h in self._before_reload]
+            self.run_cells([(h, s) for h in hyps for s in changed], "config_reloaded")
+        self.config.config = new.config_path
         await self.config.refresh()
-        folder = requests_folder(state_dir)
-        if folder != self.inbox.folder:
-            self.inbox = RequestInbox(folder)
-            try:
-                await asyncio.to_thread(self.prepare)
-            except OSError as exc:
-                self._log().warning("rerun_folder_failed", path=os.fsdecode(folder), error=str(exc))
         if self._watch is not None:
             self._watch.set_folders(self._folders())
 
+    def run_cells(self, cells: list[tuple[str, str]], reason: str) -> None:
+        if cells:
+            run_cells(self._batch_id(), cells, self._run, self._log(), reason)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def close(self) -> None:
+        """Stop the watch (blocking: up to a second; call it off the loop). Tasks still
+        reading requests are left to the loop's end: they only read and unlink files."""
         self.config.close()
         if self._watch is not None:
             self._watch.stop()
@@ -158,4 +183,4 @@ class ControlChannel:
                 "rerun_nothing", file=name, targets=list(request.targets), failed=request.failed
             )
             return
-        self._run_cells(cells, MANUAL_REASON)
+        self.run_cells(cells, MANUAL_REASON)

@@ -46,7 +46,7 @@ from ..states import (
 )
 from ..watch.watcher import Watcher, step_for
 from .control import ControlChannel, cell_map
-from .dispatch import dispatch_batch, run_cells, run_everything
+from .dispatch import dispatch_batch, run_everything
 from .intake import ChangeIntake
 from .jobglue import BoardHooks, JobGlue, path_or_none, report_recovered
 from .notify import Notifier
@@ -143,9 +143,9 @@ class Daemon:
             state_dir=d.state_dir,
             config=settings.config_path,
             cells=lambda: cell_map(self.worktrees, self.settings.scripts, self.board),
-            run_cells=self._run_cells,
+            run=lambda req: self.scheduler.submit(req),
+            batch_id=self.batcher.next_batch_id,
             reload=lambda: self._signals.put_nowait(signal.SIGHUP),
-            spawn=self._spawn,
             log=lambda: self.log,
         )
 
@@ -157,10 +157,7 @@ class Daemon:
         self.state_lock.acquire()
         if tidied := tidy_state_dir(d.state_dir, d.status_file):
             self.log.info("state_dir_tidied", removed=[os.fsdecode(p) for p in tidied])
-        try:
-            self.control.prepare()
-        except OSError as exc:
-            raise DaemonError(f"state dir {d.state_dir}: {exc.strerror or exc}") from exc
+        self.control.prepare()  # DaemonError
         janitor.become_subreaper()
         recovered = ledger.recover(self.jobs_dir)
         await self._start_backend()
@@ -445,10 +442,6 @@ class Daemon:
             batch_id, hyps, self.settings.scripts, self.scheduler.submit, self.log, reason
         )
 
-    def _run_cells(self, cells: list[tuple[str, str]], reason: str) -> None:
-        batch_id = self.batcher.next_batch_id()
-        run_cells(batch_id, cells, self.scheduler.submit, self.log, reason)
-
     # == jobs =============================================================================
     def _priority(self, key: tuple[str, str]) -> int:
         cell = self.board.cell(*key)
@@ -460,7 +453,7 @@ class Daemon:
         self.notifier.reloading()
         self.board.set_daemon_state(DAEMON_RELOADING)
         self.status.write()
-        await self.control.config_reloading()
+        await self.control.config_reloading(self.worktrees)
         try:
             new = await asyncio.to_thread(
                 load_settings, self.settings.config_path, cwd=self.cwd, env=self.env
@@ -495,7 +488,6 @@ class Daemon:
         for script in old.scripts:
             if script.name not in kept:
                 self.scheduler.cancel_script(script.name)  # ends ``cancelled``
-        known = set(self.worktrees)
         async with self._discovery_lock:
             try:
                 found = await discover_async(new.worktrees)
@@ -513,18 +505,8 @@ class Daemon:
             hypotheses=len(self.worktrees),
             scripts=len(new.scripts),
         )
-        await self.control.config_reloaded(new.config_path, d.state_dir)
-        changed = reloaded_scripts(old, new)  # run once, as a new worktree's are
-        if changed and d.run_on_start:
-            cells = [(h, s) for h in self.worktrees if h in known for s in changed]
-            self._run_cells(cells, reason="config_reloaded")
+        await self.control.config_reloaded(old, new, self.worktrees)  # runs changed scripts
         self.notifier.ready()
-
-
-def reloaded_scripts(old: Settings, new: Settings) -> list[str]:
-    """Scripts a reload added or changed (any key: command, watch, env...)."""
-    before = {s.name: s for s in old.scripts}
-    return [s.name for s in new.scripts if before.get(s.name) != s]
 
 
 def preflight(old_settings: Settings, new: Settings) -> bool:
