@@ -339,6 +339,7 @@ def test_rejected_reload_is_recorded_and_reading_commands_go_on(
         shown = run_cli("status", "-c", cfg, cwd=config.parent)
         assert shown.returncode == 0, shown.stderr
         assert "hyp-1" in shown.stdout
+        assert "config reload rejected" in shown.stdout  # what the daemon recorded
         notes = [ln for ln in shown.stderr.splitlines() if "invalid" in ln]
         assert len(notes) == 1 and shown.stderr.count("\n") == 1
         as_json = run_cli("status", "-c", cfg, "--json", cwd=config.parent)
@@ -354,7 +355,8 @@ def test_rejected_reload_is_recorded_and_reading_commands_go_on(
 
         _save_atomically(config, good)
         daemon.wait_status(lambda d: "config_error" not in d["daemon"], what="error cleared")
-        assert run_cli("status", "-c", cfg, cwd=config.parent).stderr == ""
+        shown = run_cli("status", "-c", cfg, cwd=config.parent)
+        assert shown.stderr == "" and "config reload rejected" not in shown.stdout
         _all_finished(daemon)
 
 

@@ -408,7 +408,22 @@ def _header(doc: Mapping[str, Any], now: float, color: bool) -> list[str]:
         details.append(f"config {one_line(daemon['config_path'])}")
     if details:
         lines.append(_paint(", ".join(details), "dim", color))
+    rejected = _config_error_line(daemon)
+    if rejected:
+        lines.append(_paint(rejected, "yellow", color))
     return lines
+
+
+def _config_error_line(daemon: Mapping[str, Any]) -> str:
+    """A reload the daemon rejected (it runs on its last good config), from
+    ``daemon.config_error``; "" when there is none or it is malformed."""
+    record = daemon.get("config_error")
+    errors = record.get("errors") if isinstance(record, dict) else None
+    if not isinstance(errors, list) or not errors:
+        return ""
+    first = one_line(errors[0]) if isinstance(errors[0], str) else "?"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"config reload rejected, running on the last good one: {first}{more}"
 
 
 def _script_names(doc: Mapping[str, Any]) -> list[str]:
