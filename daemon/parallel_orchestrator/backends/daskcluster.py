@@ -383,9 +383,14 @@ class DaskBackend:
         _resolve(tracked.lost, "cancelled")  # a start announced from now on is cancelled
         deadline = time.monotonic() + max(spec.kill_grace_s, 0) + _KILL_SLACK_S
         try:
-            if tracked.worker is None:
-                await conn.client.cancel([future])  # not started: never start it
-            elif not waiter.done():
+            if waiter.done():
+                pass
+            elif tracked.worker is None:
+                await asyncio.wait_for(
+                    self._cancel_unannounced(conn, spec.job_id, future),
+                    max(deadline - time.monotonic(), 0.1),
+                )
+            else:
                 await asyncio.wait_for(
                     self._cancel_on(conn, spec.job_id, tracked.worker),
                     max(deadline - time.monotonic(), 0.1),
@@ -400,6 +405,14 @@ class DaskBackend:
         finally:
             waiter.cancel()
         self._keep_log_of_cancelled(spec, tracked, waiter)
+
+    async def _cancel_unannounced(self, conn: _Connection, job_id: str, future: Any) -> None:
+        """A job whose start we have not heard of is queued, or starting on some worker.
+        Every worker is told (one that gets the task later refuses it); where it runs it
+        is killed, and the task returns. If it runs nowhere, the scheduler drops it."""
+        found = await conn.client.run(cancel_job, job_id, on_error="return")
+        if not any(answer is True for answer in found.values()):
+            await conn.client.cancel([future])
 
     def _keep_log_of_cancelled(
         self, spec: JobSpec, tracked: _Tracked, waiter: asyncio.Future[tuple[str, Any]]

@@ -19,12 +19,14 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..jobs.model import JobOutcome, JobSpec
 from ..store.safe_open import write_new
-from .hostlink import HostGone, HostLink, outcome_of
+from .hostlink import HostedJob, HostGone, HostLink, outcome_of
 
 # Files brought back beside the log (each capped like the log): enough for test reports.
 _OUTPUT_CAP_BYTES = 16 * 1024 * 1024
@@ -97,12 +99,24 @@ def from_pushed(msg: dict[str, object]) -> RemoteResult:
 
 # job_id -> the future that cancels it, for the jobs running in this worker process.
 _cancels: dict[str, asyncio.Future[None]] = {}
+# Jobs cancelled before their task reached this worker: they are not started here.
+_refused: OrderedDict[str, None] = OrderedDict()
+_REFUSED_KEPT = 1024
 
 
 async def cancel_job(job_id: str) -> bool:
-    """Run by the daemon in the worker (``Client.run``): end the job; False if not here."""
+    """Run by the daemon in the worker (``Client.run``): end the job; False if not here.
+
+    A job not here (yet) is remembered, so a task that arrives later does not start it.
+    Runs on the worker's event loop, as the tasks do: no race with ``run_remote``.
+    """
     cancel = _cancels.get(job_id)
-    if cancel is None or cancel.done():
+    if cancel is None:
+        _refused[job_id] = None
+        while len(_refused) > _REFUSED_KEPT:
+            _refused.popitem(last=False)
+        return False
+    if cancel.done():
         return False
     cancel.set_result(None)
     return True
@@ -151,34 +165,22 @@ async def run_remote(job: RemoteJob) -> RemoteResult:
     worker = get_worker()
     address = str(worker.address)
     job_id = job.spec.job_id
+    if _refused.pop(job_id, "no") is None:
+        return RemoteResult(address, None, None)  # cancelled before it got here
+    # Registered before the first await: from now on a cancel finds it.
+    cancel: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _cancels[job_id] = cancel
     folder = Path(tempfile.mkdtemp(prefix="po-job-"))  # 0700
     try:
         spec = localize(job, folder)
         try:
             link = await HostLink.get()
+            if cancel.done():
+                return RemoteResult(address, None, None)
             hosted = link.run(job_id, spec)
         except HostGone as exc:
             return RemoteResult(address, None, None, error=f"job host on {address}: {exc}")
-        cancel: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        _cancels[job_id] = cancel
-        try:
-            await asyncio.wait(
-                {hosted.started, hosted.ended, cancel}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if hosted.started.done() and not hosted.ended.done():
-                worker.log_event(
-                    job.topic, {"job_id": job_id, "pid": hosted.started.result(), "worker": address}
-                )
-                await asyncio.wait({hosted.ended, cancel}, return_when=asyncio.FIRST_COMPLETED)
-            if not hosted.ended.done():
-                link.cancel(job_id)
-            ended = await hosted.ended
-        except asyncio.CancelledError:  # the worker is closing: end the job before we go
-            link.cancel(job_id)
-            await asyncio.wait({hosted.ended}, timeout=spec.kill_grace_s + _KILL_SLACK_S)
-            raise
-        finally:
-            _cancels.pop(job_id, None)
+        ended = await _follow(worker, job, link, hosted, cancel)
         pid = hosted.started.result() if hosted.started.done() else None
         if ended[0] == "failed":
             return RemoteResult(address, pid, None, error=f"job host on {address}: {ended[2]}")
@@ -194,4 +196,29 @@ async def run_remote(job: RemoteJob) -> RemoteResult:
             worker.log_event(job.topic, pushed)
         return result
     finally:
+        _cancels.pop(job_id, None)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _follow(
+    worker: Any, job: RemoteJob, link: HostLink, hosted: HostedJob, cancel: asyncio.Future[None]
+) -> tuple[Any, ...]:
+    """Announce the start, pass a cancel on to the host; the host's last message."""
+    job_id = job.spec.job_id
+    try:
+        await asyncio.wait(
+            {hosted.started, hosted.ended, cancel}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if hosted.started.done() and not hosted.ended.done():
+            worker.log_event(
+                job.topic,
+                {"job_id": job_id, "pid": hosted.started.result(), "worker": str(worker.address)},
+            )
+            await asyncio.wait({hosted.ended, cancel}, return_when=asyncio.FIRST_COMPLETED)
+        if not hosted.ended.done():
+            link.cancel(job_id)
+        return await hosted.ended
+    except asyncio.CancelledError:  # the worker is closing: end the job before we go
+        link.cancel(job_id)
+        await asyncio.wait({hosted.ended}, timeout=job.spec.kill_grace_s + _KILL_SLACK_S)
+        raise
