@@ -28,9 +28,7 @@ from distributed import LocalCluster
 
 from harness import run_cli
 from parallel_orchestrator.backends.base import (
-    BackendUnavailable,
     LocalBackend,
-    open_backend,
 )
 from parallel_orchestrator.backends.daskcluster import DaskBackend
 from parallel_orchestrator.jobs.model import JobOutcome, JobSpec
@@ -268,9 +266,13 @@ async def test_a_cancel_before_the_start_leaves_nothing_running(
     spec = spec_for(tmp_path, job_id, "sleep 300")
     task = asyncio.ensure_future(backend.run(spec))
     await asyncio.sleep(0)  # submitted; not announced as started yet
+    t0 = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    # Where it had started, the cancel killed it (within the contract's bound) ...
+    left = spec.kill_grace_s + 2.0 - (time.monotonic() - t0)
+    assert await all_gone(_sleepers_with_job_id(job_id), max(left, 0.1))
     conn = backend._conn
     assert conn is not None
     # The scheduler forgets a cancelled key at once, but a worker that got the task
@@ -282,7 +284,7 @@ async def test_a_cancel_before_the_start_leaves_nothing_running(
     while await _held_by_a_worker(conn.client, key):
         assert time.monotonic() < deadline, "the cancelled job kept running on a worker"
         await asyncio.sleep(0.05)
-    assert await all_gone(_sleepers_with_job_id(job_id), spec.kill_grace_s + 2.0)
+    assert not [p for p in _sleepers_with_job_id(job_id) if running(p)]  # ... nor later
 
 
 async def _held_by_a_worker(client: object, key: str) -> bool:
@@ -339,17 +341,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def test_an_unreachable_scheduler_is_one_line_naming_the_address() -> None:
-    address = f"tcp://127.0.0.1:{free_port()}"
-    backend = open_backend("dask", address)
-    t0 = time.monotonic()
-    with pytest.raises(BackendUnavailable) as info:
-        await backend.start()
-    assert time.monotonic() - t0 < 30
-    message = str(info.value)
-    assert address in message and "\n" not in message
 
 
 def test_without_distributed_the_local_backend_still_imports(tmp_path: Path) -> None:

@@ -58,6 +58,8 @@ _BACKOFF_MAX_S = 30.0
 # Within the daemon's shutdown budget (kill_grace_s + 2 s, of which it gives jobs + 1.5 s).
 _KILL_SLACK_S = 1.25
 _SEND_INTERVAL_S = 0.002
+# After a cancel reached the worker, how much longer than the grace its kill may take.
+_KILL_WAIT_S = 10.0
 _ABANDONED_KEPT = 1024
 
 
@@ -147,6 +149,8 @@ class DaskBackend:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        if self._background:  # kills still on their way to a worker: a moment for them
+            await asyncio.wait(set(self._background), timeout=0.5)
         conn, self._conn = self._conn, None
         if conn is not None:
             for topic in (conn.topic, "all"):
@@ -378,29 +382,43 @@ class DaskBackend:
         future: Any,
         waiter: asyncio.Future[tuple[str, Any]],
     ) -> None:
-        """End the job on its worker and wait (bounded) until it has; never raises."""
+        """End the job on its worker; wait until it has, at most kill_grace_s + slack.
+
+        Never raises. Past the deadline (a loaded or unreachable cluster) the caller goes
+        on and the ending continues in the background, so the kill still happens.
+        """
         self._abandon(spec.job_id)
         _resolve(tracked.lost, "cancelled")  # a start announced from now on is cancelled
-        deadline = time.monotonic() + max(spec.kill_grace_s, 0) + _KILL_SLACK_S
+        ending = asyncio.ensure_future(self._end_remote(conn, spec, tracked, future, waiter))
+        self._background.add(ending)
+        ending.add_done_callback(self._background.discard)
+        limit = max(spec.kill_grace_s, 0) + _KILL_SLACK_S
+        done, _ = await asyncio.wait({ending}, timeout=limit)
+        if not done:
+            self._log().warning("remote_cancel_slow", job_id=spec.job_id, waited_s=limit)
+
+    async def _end_remote(
+        self,
+        conn: _Connection,
+        spec: JobSpec,
+        tracked: _Tracked,
+        future: Any,
+        waiter: asyncio.Future[tuple[str, Any]],
+    ) -> None:
         try:
             if waiter.done():
                 pass
             elif tracked.worker is None:
-                await asyncio.wait_for(
-                    self._cancel_unannounced(conn, spec.job_id, future),
-                    max(deadline - time.monotonic(), 0.1),
-                )
+                await self._cancel_unannounced(conn, spec.job_id, future)
             else:
-                await asyncio.wait_for(
-                    self._cancel_on(conn, spec.job_id, tracked.worker),
-                    max(deadline - time.monotonic(), 0.1),
-                )
+                await self._cancel_on(conn, spec.job_id, tracked.worker)
+            # The task returns once the host has killed and reaped everything.
             await asyncio.wait(
                 {waiter, tracked.pushed},
-                timeout=max(deadline - time.monotonic(), 0),
+                timeout=max(spec.kill_grace_s, 0) + _KILL_WAIT_S,
                 return_when=asyncio.FIRST_COMPLETED,
             )
-        except (Exception, asyncio.CancelledError) as exc:
+        except Exception as exc:  # the worker or the scheduler went: its jobs went with it
             self._log().warning("remote_cancel_failed", job_id=spec.job_id, error=str(exc))
         finally:
             waiter.cancel()
