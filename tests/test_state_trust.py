@@ -478,3 +478,35 @@ async def test_a_ledger_write_makes_the_guard_check_at_once(
     finally:
         guard.cancel()
         lock.release()
+
+
+# == a state dir in a folder others can write: they could swap the whole of it ===========
+@pytest.mark.parametrize("trouble", ["parent-world-writable", "linked-from-shared-folder"])
+def test_a_state_dir_in_a_folder_others_can_write_is_refused(
+    tmp_path: Path, daemons, trouble: str
+) -> None:
+    """Whoever can write the state dir's parent can rename it away at any time and put a
+    folder of their own (with runs/ or jobs/ linked anywhere) in its place: every write
+    between two lock checks would then land where they chose. A sticky folder (/tmp) is
+    fine: others cannot rename an entry they do not own."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    if trouble == "parent-world-writable":
+        state = shared / "state"
+        config = _setup(tmp_path, state_dir=os.fsdecode(state))
+    else:
+        mine = tmp_path / "mine"
+        mine.mkdir(mode=0o700)
+        state = mine / "state"
+        (shared / "link").symlink_to(mine)
+        config = _setup(tmp_path, state_dir=os.fsdecode(shared / "link" / "state"))
+    shared.chmod(0o777)
+    line = _refused(config)
+    assert "refusing" in line and f"{shared}, mode 0777" in line, line
+    assert not (state / "daemon.lock").exists()
+
+    shared.chmod(0o1777)  # sticky, like /tmp: trusted
+    d = daemons(config)
+    d.wait_event("daemon_started")
+    assert (state / "daemon.lock").exists()
+    assert d.stop() == 0

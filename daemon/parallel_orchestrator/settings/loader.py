@@ -25,6 +25,7 @@ from typing import Any, Literal, cast
 
 from ..errors import OrchestratorError
 from ..repo.pathglob import glob_problem
+from ..store.trust import folders_trusted_by
 from .defaults import (
     DAEMON_DEFAULTS,
     EXECUTOR_DEFAULTS,
@@ -488,7 +489,7 @@ def folder_permission_problems(path: Path) -> list[str]:
     if os.name != "posix":
         return []
     problems = []
-    for folder in _folders_trusted_by(path):
+    for folder in folders_trusted_by(path):
         try:
             st = os.stat(folder)
         except OSError as exc:
@@ -506,31 +507,6 @@ def folder_permission_problems(path: Path) -> list[str]:
                 f"user ({_show_path(folder)}, uid {st.st_uid})"
             )
     return problems
-
-
-def _folders_trusted_by(path: Path) -> list[Path]:
-    """Every folder whose writers could change which file ``path`` names, nearest first."""
-    folders: dict[str, None] = {}
-
-    def add_ancestors(folder: str) -> None:
-        while True:
-            folders.setdefault(folder, None)
-            parent = os.path.dirname(folder)
-            if parent == folder:
-                return
-            folder = parent
-
-    hop = os.path.abspath(path)
-    for _ in range(40):  # the kernel's own limit on symlink hops
-        add_ancestors(os.path.dirname(hop))
-        real_folder = os.path.realpath(os.path.dirname(hop))
-        add_ancestors(real_folder)
-        try:
-            target = os.readlink(hop)
-        except OSError:  # not a link (EINVAL), or gone: the chain ends here
-            break
-        hop = os.path.normpath(os.path.join(real_folder, target))
-    return [Path(folder) for folder in folders]
 
 
 # --------------------------------------------------------------------------- validation

@@ -39,6 +39,61 @@ def _folder_problem(folder: Path, label: str, st: os.stat_result) -> str:
     return ""
 
 
+def folders_trusted_by(path: Path) -> list[Path]:
+    """Every folder whose writers could change which file ``path`` names, nearest first."""
+    folders: dict[str, None] = {}
+
+    def add_ancestors(folder: str) -> None:
+        while True:
+            folders.setdefault(folder, None)
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                return
+            folder = parent
+
+    hop = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on symlink hops
+        add_ancestors(os.path.dirname(hop))
+        real_folder = os.path.realpath(os.path.dirname(hop))
+        add_ancestors(real_folder)
+        try:
+            target = os.readlink(hop)
+        except OSError:  # not a link (EINVAL), or gone: the chain ends here
+            break
+        hop = os.path.normpath(os.path.join(real_folder, target))
+    return [Path(folder) for folder in folders]
+
+
+def _swappable_folder_problem(state_dir: Path) -> str:
+    """Why others could swap ``state_dir`` for a folder of theirs, or "".
+
+    Whoever can write a folder on its way (as named, as resolved, at every link) can
+    rename the state dir away at any time and put their own in its place, with runs/ or
+    jobs/ linked anywhere: each write before the lock's next check would land where they
+    chose. So, as for the config file (StrictModes), every such folder must be owned by
+    us or root and not writable by group/others, unless sticky (/tmp: others cannot
+    rename an entry they do not own).
+    """
+    for folder in folders_trusted_by(state_dir):
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            return f"{os.fsdecode(folder)}: cannot stat: {exc.strerror or exc}"
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            return (
+                f"refusing a state dir in a folder writable by group/others "
+                f"({os.fsdecode(folder)}, mode {mode:04o}): they could swap it for theirs; "
+                f"chmod go-w it or choose another daemon.state_dir"
+            )
+        if st.st_uid not in (os.geteuid(), 0):
+            return (
+                f"refusing a state dir in a folder owned by another user "
+                f"({os.fsdecode(folder)}, uid {st.st_uid}): they could swap it for theirs"
+            )
+    return ""
+
+
 def state_dir_problems(state_dir: Path) -> list[str]:
     """Why ``state_dir`` (which exists) and its record subfolders cannot be trusted; empty
     when they can. The state dir itself is judged where its path leads (a symlink the
@@ -48,9 +103,12 @@ def state_dir_problems(state_dir: Path) -> list[str]:
         st = os.stat(state_dir)
     except OSError as exc:
         return [f"cannot stat: {exc.strerror or exc}"]
-    problem = _folder_problem(state_dir, "a state dir", st)
-    if problem:
-        problems.append(problem)
+    for problem in (
+        _folder_problem(state_dir, "a state dir", st),
+        _swappable_folder_problem(state_dir),
+    ):
+        if problem:
+            problems.append(problem)
     for name in STATE_SUBDIRS:
         sub = state_dir / name
         try:
