@@ -12,6 +12,8 @@ import pytest
 
 from parallel_orchestrator.report.junit import (
     MAX_CELL_FAILING,
+    MAX_DEPTH,
+    MAX_ID_CHARS,
     JunitUnreadable,
     parse_report,
     parse_reports,
@@ -206,3 +208,38 @@ def test_memory_stays_flat_while_streaming(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert report.counts()["total"] == 20_000
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_deep_nesting_is_refused_before_it_costs_memory(tmp_path: Path) -> None:
+    """Every open element is held until it ends: 23 MB of nested <testsuite> cost the
+    parser ~380 MiB, 50 MiB (the size cap) would cost ~800 MiB in the daemon."""
+    depth = 100_000
+    deep = write(
+        tmp_path / "deep.xml",
+        "<testsuites>"
+        + "<testsuite>" * depth
+        + '<testcase name="t"/>'
+        + "</testsuite>" * depth
+        + "</testsuites>",
+    )
+    with pytest.raises(JunitUnreadable, match=f"nested deeper than {MAX_DEPTH}"):
+        parse_report(deep)
+    ok = "<testsuites>" + "<testsuite>" * (MAX_DEPTH - 2) + '<testcase name="t"/>'
+    fine = write(tmp_path / "ok.xml", ok + "</testsuite>" * (MAX_DEPTH - 2) + "</testsuites>")
+    assert parse_report(fine).counts()["total"] == 1
+
+
+def test_huge_ids_are_cut_but_stay_distinct(tmp_path: Path) -> None:
+    """A 2 MB test name went whole into job_finished (20 of them: a 40 MB log line), the
+    status cell and every status rewrite."""
+    big = "A" * (2 * 1024 * 1024)
+    cases = "".join(
+        f'<testcase classname="c" name="{big}{i}"><failure message="m"/></testcase>'
+        for i in range(3)
+    )
+    report = parse_report(write(tmp_path / "r.xml", f"<testsuite>{cases}</testsuite>"))
+    ids = report.failing_ids()
+    assert len(ids) == 3 and len(set(ids)) == 3  # still three tests for compare
+    assert all(len(t) <= MAX_ID_CHARS + 20 and t.startswith("c::AAAA") for t in ids)
+    again = parse_report(write(tmp_path / "r2.xml", f"<testsuite>{cases}</testsuite>"))
+    assert again.failing_ids() == ids  # the same id in every hypothesis: compare matches

@@ -333,3 +333,29 @@ def test_logs_and_status_escape_ids_from_a_real_report(tmp_path: Path) -> None:
             assert shown in got.stdout
     finally:
         d.stop()
+
+
+def test_huge_test_names_do_not_bloat_events_or_the_status_file(tmp_path: Path) -> None:
+    # 5 failing tests named by a megabyte each, built in the job (argv stays small)
+    writer = (
+        "import os,sys\nn='N'*(1024*1024)\n"
+        'cases=\'\'.join(f\'<testcase classname="c" name="{n}{i}"><failure message="m"/>'
+        "</testcase>' for i in range(5))\n"
+        "open(os.environ['PO_JUNIT_XML'],'w').write('<testsuite>'+cases+'</testsuite>')\n"
+        "sys.exit(1)\n"
+    )
+    repo, _ = make_repo(tmp_path, ())
+    script = {"name": "tests", "command": [sys.executable, "-c", writer], "watch": ["**/*"]}
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [script], run_on_start=True)
+    d = DaemonProcess(cfg)
+    try:
+        d.wait_ready()
+        done = d.wait_event("job_finished")[0]
+        assert done["tests"]["failed"] == 5 and len(set(done["tests"]["failing"])) == 5
+        line = next(ln for ln in d.log_lines() if '"job_finished"' in ln)
+        assert len(line) < 64 * 1024, len(line)
+        assert d.status_path.stat().st_size < 256 * 1024
+        results = json.loads((cfg.parent / "state" / "results" / "repo" / "tests.json").read_text())
+        assert sorted(results["tests"]) == sorted(done["tests"]["failing"])
+    finally:
+        d.stop()

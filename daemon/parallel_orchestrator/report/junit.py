@@ -16,6 +16,7 @@ are ``passed``, ``failed`` (a ``<failure>``), ``error`` (an ``<error>``) and ``s
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import xml.etree.ElementTree as ET
@@ -33,6 +34,15 @@ MAX_REPORT_BYTES = 50 * 1024 * 1024
 MAX_EVENT_FAILING = 20  # ids in job_finished
 MAX_CELL_FAILING = 50  # {"id", "message"} in the status cell
 MAX_MESSAGE_CHARS = 500
+# A test id travels whole into job_finished (20 of them), the status cell (50) and every
+# status rewrite; a report naming tests by the megabyte must not take them along. Longer
+# ids keep their start and gain a digest of the whole: the same test gets the same id in
+# every hypothesis (``compare`` matches them) and two long ids stay two.
+MAX_ID_CHARS = 1000
+# Real reports nest suites a few levels deep; every open element is held until it ends,
+# so a report of nothing but nested <testsuite> (cheap to write) would cost the daemon
+# ~16 bytes of file per ~170 bytes of memory.
+MAX_DEPTH = 256
 OUTCOMES = ("passed", "failed", "error", "skipped")
 # A testcase with several outcome children (pytest: a failing call plus a teardown error)
 # takes the most telling one; a test id seen twice (two reports, reruns) likewise.
@@ -102,7 +112,11 @@ class TestReport:
 def test_id(classname: str | None, name: str | None) -> str:
     classname = (classname or "").strip()
     name = (name or "").strip()
-    return f"{classname}::{name}" if classname else name
+    found = f"{classname}::{name}" if classname else name
+    if len(found) <= MAX_ID_CHARS:
+        return found
+    digest = hashlib.sha256(found.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{found[:MAX_ID_CHARS]}...{digest}"
 
 
 def failure_message(element: ET.Element) -> str:
@@ -189,6 +203,8 @@ def parse_report(path: Path, limit: int = MAX_REPORT_BYTES) -> TestReport:
                     if not open_elements and element.tag not in ("testsuites", "testsuite"):
                         raise JunitUnreadable(path, f"not a JUnit report (root <{element.tag}>)")
                     open_elements.append([element, 0])
+                    if len(open_elements) > MAX_DEPTH:
+                        raise JunitUnreadable(path, f"nested deeper than {MAX_DEPTH} elements")
                     continue
                 open_elements.pop()
                 if element.tag == "testcase":
