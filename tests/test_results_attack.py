@@ -359,3 +359,19 @@ def test_huge_test_names_do_not_bloat_events_or_the_status_file(tmp_path: Path) 
         assert sorted(results["tests"]) == sorted(done["tests"]["failing"])
     finally:
         d.stop()
+
+
+def test_error_messages_escape_names_from_the_repository(tmp_path: Path) -> None:
+    """Hypothesis ids are folder names: whoever names a worktree folder controls them,
+    and errors that list the known ones printed them raw to the terminal."""
+    repo, _ = make_repo(tmp_path, ())
+    evil = tmp_path / "evil\x1b]0;PWNED\x07\x1b[2J"
+    subprocess.run(
+        ["git", "-C", os.fsdecode(repo), "worktree", "add", "-q", "-b", "evil", os.fsdecode(evil)],
+        check=True,
+    )
+    script = {"name": "tests", "command": [sys.executable, "-c", "pass"]}
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [script])
+    got = cli(cfg, "once", "--hypothesis", "nope\x1b[31m")
+    one_line_error(got, 2, "nope\\x1b[31m", "evil\\x1b]0;PWNED\\x07\\x1b[2J")
+    assert "\x1b" not in got.stderr and "\x07" not in got.stderr

@@ -37,8 +37,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    """Each line on stderr, control characters escaped: messages name folders, branches
+    and files whose names whoever controls the repository chose."""
+    from .report.safetext import one_line
+
     for line in message.splitlines() or [message]:
-        print(f"{PROG}: {line}", file=sys.stderr)
+        print(f"{PROG}: {one_line(line)}", file=sys.stderr)
     return code
 
 
