@@ -375,3 +375,21 @@ def test_error_messages_escape_names_from_the_repository(tmp_path: Path) -> None
     got = cli(cfg, "once", "--hypothesis", "nope\x1b[31m")
     one_line_error(got, 2, "nope\\x1b[31m", "evil\\x1b]0;PWNED\\x07\\x1b[2J")
     assert "\x1b" not in got.stderr and "\x07" not in got.stderr
+
+
+def test_compare_reads_results_only_inside_the_state_dir(tmp_path: Path) -> None:
+    """Hypothesis ids of a copied status file choose which results files are read: an
+    id like ``../../x`` must not reach outside ``results/``."""
+    cell = {"last_result": "fail", "duration_s": 1.0, "tests": None}
+    outside = "../../elsewhere"
+    path = _status(tmp_path, _doc({"a": {"t": cell}, outside: {"t": cell}}))
+    write_results(path.parent, "a", "t", {"job_id": "j", "tests": {"x::y": "failed"}})
+    planted = tmp_path / "elsewhere" / "t.json"  # copy/results/../../elsewhere/t.json
+    planted.parent.mkdir()
+    planted.write_text(json.dumps({"job_id": "k", "tests": {"x::y": "passed"}}))
+    got = run_cli(
+        "compare", "--json", "--baseline", "a", "--status-file", os.fsdecode(path), cwd=tmp_path
+    )
+    assert got.returncode == 0, got.stderr
+    there = next(h for h in json.loads(got.stdout)["hypotheses"] if h["id"] == outside)
+    assert there["scripts"]["t"]["fixed"] == []

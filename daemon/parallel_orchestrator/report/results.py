@@ -57,6 +57,8 @@ def write_results(state_dir: Path, hypothesis: str, script: str, doc: Mapping[st
 def read_results(state_dir: Path, hypothesis: str, script: str) -> dict[str, Any] | None:
     """The cell's results document, or None when absent or not one (never raises for a
     damaged file: ``compare`` treats it as no test-level results)."""
+    if not (_one_name(hypothesis) and _one_name(script)):
+        return None  # names from a status file copy must not lead out of results/
     path = results_path(state_dir, hypothesis, script)
     try:
         with os.fdopen(open_regular(path), "rb") as f:
@@ -67,6 +69,12 @@ def read_results(state_dir: Path, hypothesis: str, script: str) -> dict[str, Any
         return None
     tests = {k: v for k, v in doc["tests"].items() if isinstance(k, str) and v in OUTCOMES}
     return {"job_id": doc.get("job_id"), "tests": tests}
+
+
+def _one_name(part: str) -> bool:
+    """A single folder or file name (hypothesis ids are folder names, script names are
+    checked by the config): no separator, not ``.``/``..``, no NUL."""
+    return part not in ("", ".", "..") and "/" not in part and "\0" not in part
 
 
 def remove_results(state_dir: Path, hypothesis: str, script: str) -> None:
