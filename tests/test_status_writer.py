@@ -53,10 +53,12 @@ async def test_writes_the_board_and_forwards_a_changed_summary_once(tmp_path: Pa
     board, writer, sink = make_writer(path)
     writer.write()
     writer.write()
+    writer.flush()
     assert json.loads(path.read_text())["hypotheses"]["h1"]["scripts"]["a"]["state"] == "never_run"
     assert len(sink.lines) == 1  # the same summary is not sent twice
     assert board.mark_queued("h1", "a")
     writer.write()
+    writer.flush()
     assert len(sink.lines) == 2
     assert json.loads(path.read_text())["summary"]["queued"] == 1
 
@@ -67,8 +69,9 @@ async def test_failure_logged_once_retried_and_recovery_reported(tmp_path: Path)
     path = blocker / "status.json"
     _board, writer, _sink = make_writer(path)
     with capture_logs() as logs:
+        writer.flush()
         writer.write()
-        writer.write()  # same kind of failure: not logged again
+        writer.flush()  # same kind of failure: not logged again
         failed = [e for e in logs if e["event"] == "status_write_failed"]
         assert len(failed) == 1 and failed[0]["path"] == str(path)
         assert writer.error
@@ -94,4 +97,31 @@ async def test_before_write_refines_the_board_each_time(tmp_path: Path) -> None:
     )
     writer.write()
     writer.flush()
+    writer.write()
+    writer.flush()
     assert calls == [1, 1]
+
+
+async def test_requests_in_a_window_make_one_write_and_lines_follow_it(tmp_path: Path) -> None:
+    """Coalescing: many requests, one write; a line given to ``write_then`` is emitted
+    only once the write that shows its change has landed."""
+    path = tmp_path / "status.json"
+    board, writer, _sink = make_writer(path)
+    seen: list[str] = []
+
+    def emit() -> None:
+        doc = json.loads(path.read_text())
+        seen.append(doc["hypotheses"]["h1"]["scripts"]["a"]["state"])
+
+    for _ in range(1000):
+        board.mark_queued("h1", "a")
+        writer.write()
+    writer.write_then(emit)
+    assert not path.exists() and seen == []  # nothing yet: the window is open
+    assert await wait_for(lambda: seen == ["queued"], timeout=5)
+    assert writer.writes == 1 and writer.bytes_written == path.stat().st_size
+    writer.write_then(emit)
+    writer.flush()  # a pending write goes out at once
+    assert writer.writes == 2 and seen == ["queued", "queued"]
+    writer.close()  # nothing pending: no write
+    assert writer.writes == 2

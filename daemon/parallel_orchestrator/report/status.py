@@ -163,10 +163,12 @@ class StatusBoard:
             text = json.dumps(self.doc, indent=2, ensure_ascii=False, allow_nan=False)
         return text.encode("utf-8", "backslashreplace")
 
-    def write(self, path: Path) -> None:
+    def write(self, path: Path) -> int:
         """0600: the document carries test output, like the run logs (and a missing
-        folder is created 0700, like the state dir)."""
-        write_atomic(path, self.render(), mode=0o600, dir_mode=0o700)
+        folder is created 0700, like the state dir). Returns the bytes written."""
+        data = self.render()
+        write_atomic(path, data, mode=0o600, dir_mode=0o700)
+        return len(data)
 
 
 _CELL_STATES = frozenset(CELL_STATES)

@@ -1,15 +1,27 @@
-"""Writing the status board to its file, and surviving a file system that refuses.
+"""Writing the status board to its file, coalesced, and surviving a file system that refuses.
 
-One place owns every write of the status file so its policy lives in one place: a failed
-write is retried every ``STATUS_RETRY_S`` until one succeeds (``status_write_recovered``
-then), and logged once per kind of failure (and once a minute), not once a second for a
-day of full disk. After each write the one-line summary goes to systemd's ``STATUS=``
-when it changed.
+One place owns every write of the status file so its policy lives in one place.
 
-Callers say "the board changed, write it" with ``write()``. Today that writes at once
-(the daemon relies on it: a job's status is on disk before its ``job_started`` line).
-Coalescing (one write in flight, a short window, always a final write) fits behind the
-same two calls: ``write()`` becomes a request, ``flush()`` the final write at shutdown.
+Coalescing: every job state change used to rewrite and fsync the whole document, which
+for thousands of scripts meant minutes and gigabytes per run. Now ``write()`` is a
+request: the first one opens a short window (``COALESCE_S``), every request inside it
+joins it, and one write at the end covers them all. Only one write is ever in progress
+(writes happen on the loop, from one timer), and the next window opens no sooner than the
+last write's size allows (``BYTES_PER_S``: a 2 MB document is rewritten at most about
+once a second, a small one every ``COALESCE_S``). ``flush()`` writes at once whatever is
+pending (shutdown's final write; the daemon also calls it before ``daemon_stopping``).
+
+The guarantee a log reader relies on, that a job is in the status file before its
+``job_started`` / ``job_finished`` line, is kept by ``write_then``: the line is emitted
+right after the write that contains the change, so it comes up to one window later
+instead of the write coming early.
+
+Failures: a failed write is retried every ``STATUS_RETRY_S`` until one succeeds
+(``status_write_recovered`` then), and logged once per kind of failure (and once a
+minute), not once a second for a day of full disk. Lines waiting on a failed write are
+emitted anyway: the log must not lose them. After each write the one-line summary goes
+to systemd's ``STATUS=`` when it changed. ``close()`` logs ``status_write_totals``
+(writes, bytes): what ``benchmarks/status_scale.py`` reports.
 """
 
 from __future__ import annotations
@@ -26,6 +38,9 @@ from .statusview import summary_line
 
 STATUS_RETRY_S = 1.0
 REPEAT_LOG_EVERY_S = 60.0
+COALESCE_S = 0.05  # the window a first request opens
+BYTES_PER_S = 2_000_000  # a big document waits size / this between writes ...
+MAX_GAP_S = 2.0  # ... but never longer than this
 
 
 class StatusSink(Protocol):
@@ -35,7 +50,7 @@ class StatusSink(Protocol):
 
 
 class StatusWriter:
-    """Writes ``board`` to ``path()``; retries, logs and forwards the summary line.
+    """Writes ``board`` to ``path()``; coalesces, retries, logs and forwards the summary.
 
     ``path`` and ``log`` are callables because a reload may change both.
     ``before_write`` refines the board just before each write (the daemon sets
@@ -57,34 +72,74 @@ class StatusWriter:
         self._sink = sink
         self._before_write = before_write
         self._retry: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._after: list[Callable[[], None]] = []
+        self._next_at = 0.0  # monotonic time before which no window closes
         self._last_line = ""
         self.error = ""  # the last write error, "" while writes succeed
         self._error_kind = ""
         self._error_logged = 0.0
+        self.writes = 0
+        self.bytes_written = 0
 
     def write(self) -> None:
-        """Write the board now (see the module doc for why "now")."""
+        """The board changed: write it within the window (see the module doc)."""
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a one-shot caller): write at once
+            self.flush()
+            return
+        delay = max(COALESCE_S, self._next_at - time.monotonic())
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def write_then(self, emit: Callable[[], None]) -> None:
+        """Request a write and call ``emit`` (a log line) right after it lands."""
+        self._after.append(emit)
+        self.write()
+
+    def flush(self) -> None:
+        """Write now (with whatever is pending): the final write, or one that must be on
+        disk before the caller goes on (READY=1)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._write_now()
+
+    def close(self) -> None:
+        """Stop retrying (after the final write) and say what all the writes cost."""
+        if self._timer is not None or self._after:
+            self.flush()
+        for handle in (self._retry, self._timer):
+            if handle is not None:
+                handle.cancel()
+        self._retry = self._timer = None
+        self._log().info("status_write_totals", writes=self.writes, bytes=self.bytes_written)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._write_now()
+
+    def _write_now(self) -> None:
         self._before_write()
-        self._attempt()
+        started = time.monotonic()
+        size = self._attempt()
+        took = time.monotonic() - started
+        self._next_at = time.monotonic() + min(MAX_GAP_S, max(size / BYTES_PER_S, 10 * took))
         line = summary_line(self.board.doc)
         if line != self._last_line:
             self._last_line = line
             self._sink.status(line)
+        after, self._after = self._after, []
+        for emit in after:
+            emit()
 
-    def flush(self) -> None:
-        """The final write (shutdown): same as ``write`` until writes are coalesced."""
-        self.write()
-
-    def close(self) -> None:
-        """Stop retrying (after the final write)."""
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-
-    def _attempt(self) -> None:
+    def _attempt(self) -> int:
+        """One write; its size in bytes (0 when it failed)."""
         path = self._path()
         try:
-            self.board.write(path)
+            size = self.board.write(path)
         except OSError as exc:
             # The message names a fresh temp file each time: compare the errno.
             now = time.monotonic()
@@ -94,15 +149,26 @@ class StatusWriter:
                 self._error_kind, self._error_logged = kind, now
             self.error = error
             if self._retry is None:
-                loop = asyncio.get_running_loop()
-                self._retry = loop.call_later(STATUS_RETRY_S, self._on_retry)
-            return
+                with_loop = _running_loop()
+                if with_loop is not None:
+                    self._retry = with_loop.call_later(STATUS_RETRY_S, self._on_retry)
+            return 0
+        self.writes += 1
+        self.bytes_written += size
         if self.error:
             self._log().info(
                 "status_write_recovered", path=os.fsdecode(path), previous_error=self.error
             )
             self.error = self._error_kind = ""
+        return size
 
     def _on_retry(self) -> None:
         self._retry = None
         self.write()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

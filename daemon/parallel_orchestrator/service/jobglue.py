@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -344,9 +345,16 @@ class JobGlue:
             batch_id=job.req.batch_id,
             log_path=path_or_none(job.log_path),
         )
-        self._writer.write()  # status first, then the log line (module doc)
-        self._log().info(
-            "job_started", **job.fields(), pid=pid, command=list(job.argv), worker=worker
+        # The log line once the status file shows the job (statuswriter's module doc).
+        self._writer.write_then(
+            partial(
+                self._log().info,
+                "job_started",
+                **job.fields(),
+                pid=pid,
+                command=list(job.argv),
+                worker=worker,
+            )
         )
 
     async def _read_tests(
@@ -442,9 +450,9 @@ class JobGlue:
         )
         if outcome.error_message:
             fields["error"] = outcome.error_message
-        self._writer.write()  # before the log line, as for job_started
         level = "info" if outcome.result in (PASS, CANCELLED) else "warning"
-        getattr(self._log(), level)("job_finished", **fields)
+        # After the status write that shows the result, as for job_started.
+        self._writer.write_then(partial(getattr(self._log(), level), "job_finished", **fields))
 
     def _prune(self, job: _Job) -> None:
         """Keep the newest ``keep_runs`` logs: at most keep_runs + 1 files to stat, one to go."""
