@@ -31,6 +31,7 @@ class Batch:
     first_change: float
     closed_at: float
     reason: str = "changes"  # "changes" | "git_op_finished" | "git_lock_stale"
+    last_change: float | None = None  # when its last change happened (None: not known)
 
     @property
     def changed_count(self) -> int:
@@ -122,7 +123,9 @@ class Batcher:
                     else:
                         ready[hyp] = paths
                 if ready:
-                    out.append(Batch(self.next_batch_id(), ready, self._first, now))
+                    out.append(
+                        Batch(self.next_batch_id(), ready, self._first, now, last_change=self._last)
+                    )
                 self._pending = {}
                 self._created = {}
                 self._first = self._last = None

@@ -47,9 +47,11 @@ from ..states import (
 from ..watch.watcher import Watcher, step_for
 from .control import ControlChannel, cell_map
 from .dispatch import dispatch_batch, run_everything
+from .feedback import FeedbackGuard
 from .intake import ChangeIntake
 from .jobglue import BoardHooks, JobGlue, path_or_none, report_recovered
 from .notify import Notifier
+from .ownfiles import own_files
 from .statedir import STATE_DIR_LOST, DaemonError, StateDirLock, tidy_state_dir
 
 REDISCOVER_EVERY_S = 10.0
@@ -111,6 +113,7 @@ class Daemon:
             observer=self.reuse,
         )
         self.batcher = self.intake.batcher
+        self.intake.set_own_files(own_files(d))
         self.ledger = ledger.Ledger(d.state_dir / "jobs", self.state_lock.check_before_write)
         ex = settings.executor
         try:
@@ -130,8 +133,9 @@ class Daemon:
             backend=self.backend,
             reuse=self.reuse,
         )
+        self.feedback = FeedbackGuard(lambda: self.log)
         self.scheduler = Scheduler(
-            self.jobs.run,
+            self.feedback.wrap(self.jobs.run),
             concurrency=d.concurrency,
             on_busy=d.on_busy,
             priority=self._priority,
@@ -233,7 +237,7 @@ class Daemon:
         if not await self.watcher.wait_armed(30):
             self.log.warning("watcher_slow_to_arm")
         self.board.set_daemon_state(DAEMON_IDLE)
-        self.status.write()
+        self.status.flush()  # READY=1 and the status file agree
         self.notifier.ready()
         self._spawn(self.notifier.run_watchdog())
         self._spawn(self._periodic_rediscover())
@@ -251,6 +255,7 @@ class Daemon:
             return signal.Signals(sig).name
 
     async def _shutdown(self, reason: str) -> None:
+        self.status.flush()  # job lines waiting on a coalesced write come first
         self.log.info(
             "daemon_stopping",
             reason=reason,
@@ -324,6 +329,7 @@ class Daemon:
         for hyp in old.keys() - new.keys():
             self.scheduler.cancel_hypothesis(hyp)
             self.intake.forget(hyp)
+            self.feedback.forget(hyp)
             self._log_worktree("worktree_removed", old[hyp])
         added = [hyp for hyp in new if hyp not in old or old[hyp].path != new[hyp].path]
         for hyp in added:
@@ -431,9 +437,8 @@ class Daemon:
         self.reuse.invalidate()  # changes may have been missed: relist before the next key
 
     def _dispatch_batch(self, batch: Batch) -> None:
-        if dispatch_batch(
-            batch, self.worktrees, self.settings.scripts, self.scheduler.submit, self.log
-        ):
+        submit = self.feedback.gate(batch, self.scheduler.submit)
+        if dispatch_batch(batch, self.worktrees, self.settings.scripts, submit, self.log):
             self._rediscover_requested.set()
 
     def _run_everything(self, hyps: list[str], reason: str) -> None:
@@ -480,6 +485,7 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.set_step(step_for(d.debounce_ms, self.env))
         self.intake.set_ignore(new.worktrees.ignore)
+        self.intake.set_own_files(own_files(d))
         self.reuse.set_rules(rules_for(new), d.state_dir)
         self.scheduler.set_limits(self._concurrency(new), *self._policy(new))
         if new.executor != old.executor:
@@ -498,7 +504,7 @@ class Daemon:
             await self._apply_worktrees(found)
         self.board.set_config_error(None)
         self.board.set_daemon_state(DAEMON_IDLE)
-        self.status.write()
+        self.status.flush()  # on disk before config_reloaded says so
         self.log.info(
             "config_reloaded",
             config_path=path_or_none(new.config_path),

@@ -28,6 +28,7 @@ from ..repo.filters import (
 )
 from ..repo.worktreeindex import WorktreeIndex
 from ..watch.watcher import Chunk
+from .ownfiles import OwnFiles
 
 
 class ChangeObserver(Protocol):
@@ -80,6 +81,11 @@ class ChangeIntake:
         self._admitting = 0  # admissions in flight
         self._force_after_admit = False
         self._closing = False
+        self._own = OwnFiles()
+
+    def set_own_files(self, own: OwnFiles) -> None:
+        """The daemon's state dir, status and log files: never a change (ownfiles.py)."""
+        self._own = own
 
     def set_ignore(self, ignore: Iterable[str]) -> None:
         """The ``ignore`` globs of a reloaded config."""
@@ -100,7 +106,7 @@ class ChangeIntake:
 
     def on_chunk(self, chunk: Chunk) -> None:
         """The watcher's callback (on the loop): one chunk of raw changes."""
-        seen = self._index().classify(chunk.changes, self._ignored)
+        seen = self._index().classify(self._own.drop_from(chunk.changes), self._ignored)
         for hyp in seen.released:
             self.batcher.lock_released(hyp)
         for hyp in seen.gitignore_touched:

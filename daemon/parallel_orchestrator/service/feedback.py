@@ -1,0 +1,112 @@
+"""Feedback loops: a script whose runs are triggered only by what its own runs wrote.
+
+A job that writes into a path its own ``watch`` globs match (a report, a cache, a
+formatter rewriting sources) makes a change, the change makes a batch, the batch reruns
+the job: forever, and silently (194 runs in 15 s were seen). The daemon's own files are
+never changes (ownfiles.py); this catches the rest.
+
+Each hypothesis x script's latest run window (start to end, monotonic time) is kept.
+A batch whose changes all happened inside that window (plus ``SLACK_S`` for the
+watcher's dating) was caused by that run, as far as anyone can tell. After
+``THRESHOLD`` such batches in a row the cell is paused: ``feedback_loop_suspected``
+(hypothesis, script, paths) is logged and self-caused batches no longer start it. The
+first batch with a change from outside (made while the script was not running) runs it
+again; once suspected, the next self-caused batch pauses it at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..pipeline.batcher import Batch
+from ..pipeline.scheduler import JobRequest
+
+THRESHOLD = 3
+SLACK_S = 0.15  # changes dated up to this long after a run's end still count as its own
+MAX_LOGGED_PATHS = 50
+
+Key = tuple[str, str]
+
+
+@dataclass
+class _Cell:
+    start: float = 0.0
+    end: float | None = None  # None while running
+    streak: int = 0  # self-caused batches in a row
+    suspected: bool = False
+    paused: bool = False
+
+
+class FeedbackGuard:
+    """Wraps the job runner (to see run windows) and the scheduler's submit (to gate)."""
+
+    def __init__(self, log: Callable[[], Any]) -> None:
+        self._log = log
+        self._cells: dict[Key, _Cell] = {}
+
+    def wrap(
+        self, run: Callable[[JobRequest], Awaitable[None]]
+    ) -> Callable[[JobRequest], Awaitable[None]]:
+        """The scheduler's job runner, recording when each run starts and ends."""
+
+        async def run_and_record(req: JobRequest) -> None:
+            cell = self._cells.setdefault(req.key, _Cell())
+            cell.start, cell.end = time.monotonic(), None
+            try:
+                await run(req)
+            finally:
+                cell.end = time.monotonic()
+
+        return run_and_record
+
+    def gate(
+        self, batch: Batch, submit: Callable[[JobRequest], object]
+    ) -> Callable[[JobRequest], None]:
+        """``submit`` for the requests of ``batch``, minus those of paused cells."""
+
+        def submit_unless_looping(req: JobRequest) -> None:
+            if self._admit(batch, req):
+                submit(req)
+
+        return submit_unless_looping
+
+    def forget(self, hyp: str) -> None:
+        """A removed hypothesis."""
+        for key in [k for k in self._cells if k[0] == hyp]:
+            del self._cells[key]
+
+    def _self_caused(self, batch: Batch, cell: _Cell) -> bool:
+        if not cell.start or batch.last_change is None:
+            return False
+        end = cell.end if cell.end is not None else time.monotonic()
+        return cell.start <= batch.first_change and batch.last_change <= end + SLACK_S
+
+    def _admit(self, batch: Batch, req: JobRequest) -> bool:
+        cell = self._cells.get(req.key)
+        if cell is None:
+            return True
+        if not self._self_caused(batch, cell):
+            if cell.paused:
+                self._log().info(
+                    "feedback_loop_resumed", hypothesis=req.hypothesis, script=req.script
+                )
+            cell.streak, cell.paused = 0, False
+            return True
+        cell.streak += 1
+        if cell.paused:
+            return False
+        if cell.streak >= THRESHOLD or cell.suspected:
+            cell.paused = cell.suspected = True
+            self._log().warning(
+                "feedback_loop_suspected",
+                hypothesis=req.hypothesis,
+                script=req.script,
+                paths=sorted(req.changed)[:MAX_LOGGED_PATHS],
+                batch_id=batch.batch_id,
+                runs_in_a_row=cell.streak,
+            )
+            return False
+        return True
