@@ -4,11 +4,11 @@ One place owns every write of the status file so its policy lives in one place.
 
 Coalescing: every job state change used to rewrite and fsync the whole document, which
 for thousands of scripts meant minutes and gigabytes per run. Now ``write()`` is a
-request: the first one opens a short window (``COALESCE_S``), every request inside it
-joins it, and one write at the end covers them all. Only one write is ever in progress
-(writes happen on the loop, from one timer), and the next window opens no sooner than the
-last write's size allows (``BYTES_PER_S``: a 2 MB document is rewritten at most about
-once a second, a small one every ``COALESCE_S``). ``flush()`` writes at once whatever is
+request. After a quiet spell it is written at once (a single change is not delayed);
+after a write, requests wait for the end of a window (``COALESCE_S``, longer for a big
+document: size / ``BYTES_PER_S``, at most ``MAX_GAP_S``, so a 2 MB document is rewritten
+about once a second) and one write then covers them all. Only one write is ever in
+progress (writes happen on the loop, from one timer). ``flush()`` writes at once whatever is
 pending (shutdown's final write; the daemon also calls it before ``daemon_stopping``).
 
 The guarantee a log reader relies on, that a job is in the status file before its
@@ -91,8 +91,11 @@ class StatusWriter:
         except RuntimeError:  # no loop (a one-shot caller): write at once
             self.flush()
             return
-        delay = max(COALESCE_S, self._next_at - time.monotonic())
-        self._timer = loop.call_later(delay, self._on_timer)
+        wait = self._next_at - time.monotonic()
+        if wait <= 0:  # quiet for a window: the first change goes out at once
+            self._write_now()
+            return
+        self._timer = loop.call_later(wait, self._on_timer)
 
     def write_then(self, emit: Callable[[], None]) -> None:
         """Request a write and call ``emit`` (a log line) right after it lands."""
@@ -123,10 +126,8 @@ class StatusWriter:
 
     def _write_now(self) -> None:
         self._before_write()
-        started = time.monotonic()
         size = self._attempt()
-        took = time.monotonic() - started
-        self._next_at = time.monotonic() + min(MAX_GAP_S, max(size / BYTES_PER_S, 10 * took))
+        self._next_at = time.monotonic() + min(MAX_GAP_S, max(COALESCE_S, size / BYTES_PER_S))
         line = summary_line(self.board.doc)
         if line != self._last_line:
             self._last_line = line
