@@ -69,6 +69,9 @@ class Batcher:
         self._first: float | None = None
         self._last: float | None = None
         self.held: dict[str, _Held] = {}
+        # The watcher is inside a stream of changes: the batch stays open (up to
+        # max_wait) however long the gap between its chunks (docs/latency.md).
+        self.streaming = False
 
     def next_batch_id(self) -> str:
         return f"{self._prefix}{next(self._ids)}"
@@ -100,7 +103,7 @@ class Batcher:
     def next_deadline(self, now: float) -> float | None:
         deadlines: list[float] = []
         if self._first is not None and self._last is not None:
-            deadlines.append(min(self._first + self.max_wait_s, self._last + self.debounce_s))
+            deadlines.append(self._open_until(self._first, self._last))
         if self.held:
             # Locks are also watched through the watcher; this recheck is a safety net for
             # a lock removal the watcher missed, and bounds a stale lock.
@@ -112,7 +115,7 @@ class Batcher:
     def close_due(self, now: float) -> list[Batch]:
         out: list[Batch] = []
         if self._first is not None and self._last is not None:
-            deadline = min(self._first + self.max_wait_s, self._last + self.debounce_s)
+            deadline = self._open_until(self._first, self._last)
             if now >= deadline:
                 ready: dict[str, set[str]] = {}
                 self._drop_transient()
@@ -131,6 +134,13 @@ class Batcher:
                 self._first = self._last = None
         out.extend(self._release_held(now))
         return out
+
+    def _open_until(self, first: float, last: float) -> float:
+        """When the open batch closes: debounce after its last change, unless a stream is
+        still coming in; never later than max_wait after its first change."""
+        if self.streaming:
+            return first + self.max_wait_s
+        return min(first + self.max_wait_s, last + self.debounce_s)
 
     def _drop_transient(self) -> None:
         if self._exists is None:

@@ -106,6 +106,8 @@ class ChangeIntake:
 
     def on_chunk(self, chunk: Chunk) -> None:
         """The watcher's callback (on the loop): one chunk of raw changes."""
+        stream_ended = self.batcher.streaming and not chunk.streaming
+        self.batcher.streaming = chunk.streaming
         seen = self._index().classify(self._own.drop_from(chunk.changes), self._ignored)
         for hyp in seen.released:
             self.batcher.lock_released(hyp)
@@ -121,7 +123,7 @@ class ChangeIntake:
             if self._observer is not None:  # before any job can start on these changes
                 self._observer.changed(hyp, rels, chunk.first)
             self.add(hyp, rels, chunk.first, chunk.last, seen.created.get(hyp, set()))
-        if seen.changed:
+        if seen.changed or stream_ended:
             self.arm()
 
     # -- gitignore oracles, one per worktree ------------------------------------------

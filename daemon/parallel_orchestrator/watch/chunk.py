@@ -20,11 +20,17 @@ Changes = set[tuple[Change, str]]
 
 @dataclass(frozen=True)
 class Chunk:
-    """Changes returned by one watch call; times are ``time.monotonic()`` estimates."""
+    """Changes returned by one watch call; times are ``time.monotonic()`` estimates.
+
+    ``streaming``: changes were still arriving when the chunk was cut (RustNotify stops a
+    call after ``chunk`` ms even mid-stream); the batch must stay open for the rest. A
+    chunk with ``streaming`` False (possibly empty) ends the stream.
+    """
 
     changes: Changes
     first: float
     last: float
+    streaming: bool = False
 
 
 def changes_from_rust(raw: set[tuple[int, str]]) -> Changes:

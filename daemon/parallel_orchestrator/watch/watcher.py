@@ -39,6 +39,7 @@ __all__ = ["Chunk", "Watcher", "expand_new_dirs", "step_for", "undecodable_path"
 # How long one RustNotify.watch call may block when nothing happens: bounds how late the
 # thread notices a stop or re-arm request. Costs nothing: it is a timeout, not a poll.
 IDLE_TIMEOUT_MS = 500
+BIG_CHUNK = 16  # changes in one chunk: more than a save makes, likely part of a stream
 MAX_STEP_MS = 50
 # RustNotify's own poll delay: only used by its polling mode, which we never ask for.
 RUST_POLL_DELAY_MS = 50
@@ -127,6 +128,7 @@ class Watcher:
         self._lock = threading.Lock()
         # Thread side only: roots watched by stat polling instead of inotify.
         self._fallback = PollFallback()
+        self._in_stream = False  # the last chunk was cut while changes kept coming
 
     def set_paths(self, paths: Sequence[str]) -> bool:
         """Watch these paths from now on; True when that takes a re-arm (a path is new).
@@ -291,8 +293,10 @@ class Watcher:
     ) -> tuple[str | None, str | None]:
         """One watch call; returns (failure reason, undecodable path) when the watcher
         must be rebuilt, (None, None) when it keeps going."""
+        # Inside a stream, a quiet of two steps ends it (and the batch may close).
+        timeout = 2 * step if self._in_stream else IDLE_TIMEOUT_MS
         try:
-            result = notify.watch(chunk, step, IDLE_TIMEOUT_MS, None)
+            result = notify.watch(chunk, step, timeout, None)
         except WatchfilesRustInternalError as exc:
             path = undecodable_path(str(exc))
             if path is not None:
@@ -302,10 +306,32 @@ class Watcher:
             return f"{type(exc).__name__}: {exc}", None
         if isinstance(result, set):
             now = time.monotonic()
+            # More changes coming right after means the call was cut mid-stream (after
+            # ``chunk`` ms), not ended by a quiet step. A big chunk waits a step for them
+            # (a writer may pause a moment); a small one (a save) looks without waiting.
+            # Once in a stream, only a quiet call ends it (below).
+            more = self._waiting_now(notify, step if len(result) >= BIG_CHUNK else 1)
+            streaming = bool(more) or self._in_stream
             # RustNotify returns after one quiet step, so the last change happened in
             # the step before that: date it at that step's middle. Dating the first
             # change the same errs by at most ``chunk`` ms on max_batch_wait, harmless.
-            last = now - 1.5 * step / 1000
-            changes = expand_new_dirs(changes_from_rust(result))
-            self._post(self._on_chunk, Chunk(changes, last, last))
+            # A stream's chunks are dated when seen: the quiet that closes the batch
+            # is then counted from the stream's real end.
+            last = now if streaming else now - 1.5 * step / 1000
+            self._in_stream = streaming
+            changes = expand_new_dirs(changes_from_rust(result | more))
+            self._post(self._on_chunk, Chunk(changes, last, last, streaming))
+        elif self._in_stream:  # a quiet call after a stream: it is over
+            self._in_stream = False
+            now = time.monotonic()
+            self._post(self._on_chunk, Chunk(set(), now, now))
         return None, None
+
+    @staticmethod
+    def _waiting_now(notify: RustNotify, window_ms: int) -> set[tuple[int, str]]:
+        """Changes collected since the last call or arriving within ``window_ms``."""
+        try:
+            more = notify.watch(window_ms, window_ms, window_ms, None)
+        except (WatchfilesRustInternalError, RuntimeError):
+            return set()  # the next real call reports the failure
+        return more if isinstance(more, set) else set()
