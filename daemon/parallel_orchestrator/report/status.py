@@ -153,6 +153,19 @@ class StatusBoard:
                     summary[state] += 1
         return summary
 
+    def process_ended(self, key: tuple[str, str]) -> float | None:
+        """When the cell's latest job ended (wall time); None while one runs or never."""
+        cell = self.cell(*key)
+        if cell is None or cell.get("state") == RUNNING:
+            return None
+        finished = cell.get("finished_at")
+        if not isinstance(finished, str):
+            return None
+        try:
+            return datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+
     def render(self) -> bytes:
         self.doc["summary"] = self.counts()
         self.doc["daemon"]["updated_at"] = iso(time.time())

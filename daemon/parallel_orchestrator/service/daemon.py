@@ -133,7 +133,7 @@ class Daemon:
             backend=self.backend,
             reuse=self.reuse,
         )
-        self.feedback = FeedbackGuard(lambda: self.log)
+        self.feedback = FeedbackGuard(lambda: self.log, self.board.process_ended)
         self.scheduler = Scheduler(
             self.feedback.wrap(self.jobs.run),
             concurrency=d.concurrency,

@@ -5,9 +5,12 @@ formatter rewriting sources) makes a change, the change makes a batch, the batch
 the job: forever, and silently (194 runs in 15 s were seen). The daemon's own files are
 never changes (ownfiles.py); this catches the rest.
 
-Each hypothesis x script's latest run window (start to end, monotonic time) is kept.
-A batch whose changes all happened inside that window (plus ``SLACK_S`` for the
-watcher's dating) was caused by that run, as far as anyone can tell. After
+Each hypothesis x script's latest run window is kept: from the start of its run to the
+moment its process ended (the ``finished_at`` of its status cell, not the end of the
+daemon's bookkeeping after it: whoever reacts to ``job_finished`` at once edits after
+the process, and that is a change from outside). A batch whose changes all happened
+inside that window (plus ``SLACK_S`` for the watcher's dating, ± step/2) was caused by
+that run, as far as anyone can tell. After
 ``THRESHOLD`` such batches in a row the cell is paused: ``feedback_loop_suspected``
 (hypothesis, script, paths) is logged and self-caused batches no longer start it. The
 first batch with a change from outside (made while the script was not running) runs it
@@ -25,7 +28,7 @@ from ..pipeline.batcher import Batch
 from ..pipeline.scheduler import JobRequest
 
 THRESHOLD = 3
-SLACK_S = 0.15  # changes dated up to this long after a run's end still count as its own
+SLACK_S = 0.03  # changes dated up to this long after a run's end still count as its own
 MAX_LOGGED_PATHS = 50
 
 Key = tuple[str, str]
@@ -33,8 +36,7 @@ Key = tuple[str, str]
 
 @dataclass
 class _Cell:
-    start: float = 0.0
-    end: float | None = None  # None while running
+    start: float = 0.0  # when its latest run started (monotonic)
     streak: int = 0  # self-caused batches in a row
     suspected: bool = False
     paused: bool = False
@@ -43,22 +45,24 @@ class _Cell:
 class FeedbackGuard:
     """Wraps the job runner (to see run windows) and the scheduler's submit (to gate)."""
 
-    def __init__(self, log: Callable[[], Any]) -> None:
+    def __init__(
+        self, log: Callable[[], Any], process_ended: Callable[[Key], float | None]
+    ) -> None:
+        """``process_ended``: the wall time the cell's latest job's process ended (None
+        while it runs)."""
         self._log = log
+        self._process_ended = process_ended
         self._cells: dict[Key, _Cell] = {}
 
     def wrap(
         self, run: Callable[[JobRequest], Awaitable[None]]
     ) -> Callable[[JobRequest], Awaitable[None]]:
-        """The scheduler's job runner, recording when each run starts and ends."""
+        """The scheduler's job runner, recording when each run starts (the end comes
+        from the status cell)."""
 
         async def run_and_record(req: JobRequest) -> None:
-            cell = self._cells.setdefault(req.key, _Cell())
-            cell.start, cell.end = time.monotonic(), None
-            try:
-                await run(req)
-            finally:
-                cell.end = time.monotonic()
+            self._cells.setdefault(req.key, _Cell()).start = time.monotonic()
+            await run(req)
 
         return run_and_record
 
@@ -78,17 +82,20 @@ class FeedbackGuard:
         for key in [k for k in self._cells if k[0] == hyp]:
             del self._cells[key]
 
-    def _self_caused(self, batch: Batch, cell: _Cell) -> bool:
+    def _self_caused(self, batch: Batch, key: Key, cell: _Cell) -> bool:
         if not cell.start or batch.last_change is None:
             return False
-        end = cell.end if cell.end is not None else time.monotonic()
+        end = time.monotonic()
+        ended_wall = self._process_ended(key)
+        if ended_wall is not None:  # as monotonic time
+            end = min(end, time.monotonic() - (time.time() - ended_wall))
         return cell.start <= batch.first_change and batch.last_change <= end + SLACK_S
 
     def _admit(self, batch: Batch, req: JobRequest) -> bool:
         cell = self._cells.get(req.key)
         if cell is None:
             return True
-        if not self._self_caused(batch, cell):
+        if not self._self_caused(batch, req.key, cell):
             if cell.paused:
                 self._log().info(
                     "feedback_loop_resumed", hypothesis=req.hypothesis, script=req.script

@@ -1,0 +1,55 @@
+"""Whether ``worktrees.repo`` is still there, said once per change, not every 10 s.
+
+Moving or deleting the whole repository made every rediscovery fail, and each failure
+was logged (``worktree_discovery_failed`` every 10 s, forever) without saying what
+happened. Now a repository folder that is gone is a state: ``repo_missing`` (logged once,
+and ``daemon.repo_state`` = ``"repo_missing"`` in the status file) until a discovery
+succeeds again (``repo_restored``, ``repo_state`` = ``"ok"``). Other discovery failures
+are logged when their message changes, not on every retry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..report.status import StatusBoard
+from ..report.statuswriter import StatusWriter
+
+REPO_OK = "ok"
+REPO_MISSING = "repo_missing"
+
+
+class RepoPresence:
+    def __init__(self, board: StatusBoard, writer: StatusWriter, log: Callable[[], Any]) -> None:
+        self._board = board
+        self._writer = writer
+        self._log = log
+        self.missing = False
+        self._last_error = ""
+        board.doc["daemon"]["repo_state"] = REPO_OK
+
+    def failed(self, repo: Path | None, error: str) -> None:
+        """A discovery failed with ``error``; ``repo`` is the configured repository."""
+        if repo is not None and not os.path.isdir(repo):
+            if not self.missing:
+                self.missing = True
+                self._log().error("repo_missing", repo=os.fsdecode(repo), error=error)
+                self._set(REPO_MISSING)
+            return
+        if error != self._last_error:
+            self._last_error = error
+            self._log().warning("worktree_discovery_failed", error=error)
+
+    def succeeded(self, repo: Path | None) -> None:
+        self._last_error = ""
+        if self.missing:
+            self.missing = False
+            self._log().info("repo_restored", repo=os.fsdecode(repo) if repo else None)
+            self._set(REPO_OK)
+
+    def _set(self, state: str) -> None:
+        self._board.doc["daemon"]["repo_state"] = state
+        self._writer.write()
