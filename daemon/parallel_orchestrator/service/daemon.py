@@ -52,6 +52,7 @@ from .intake import ChangeIntake
 from .jobglue import BoardHooks, JobGlue, path_or_none, report_recovered
 from .notify import Notifier
 from .ownfiles import own_files
+from .repopresence import RepoPresence
 from .statedir import STATE_DIR_LOST, DaemonError, StateDirLock, tidy_state_dir
 
 REDISCOVER_EVERY_S = 10.0
@@ -134,6 +135,7 @@ class Daemon:
             reuse=self.reuse,
         )
         self.feedback = FeedbackGuard(lambda: self.log, self.board.process_ended)
+        self.repo_presence = RepoPresence(self.board, self.status, lambda: self.log)
         self.scheduler = Scheduler(
             self.feedback.wrap(self.jobs.run),
             concurrency=d.concurrency,
@@ -364,8 +366,9 @@ class Daemon:
             try:
                 found = await discover_async(self.settings.worktrees)
             except WorktreeError as exc:
-                self.log.warning("worktree_discovery_failed", error=str(exc))
+                self.repo_presence.failed(self.settings.worktrees.repo, str(exc))
                 return
+            self.repo_presence.succeeded(self.settings.worktrees.repo)
             # The branch counts too: a `git checkout` in a worktree must reach the status
             # file and the {branch} placeholder, not only additions and removals.
             current = {(wt.id, wt.path, wt.branch) for wt in self.worktrees.values()}
