@@ -112,9 +112,9 @@ class Daemon:
             rediscover=self._rediscover_requested.set,
             log=lambda: self.log,
             observer=self.reuse,
+            own=lambda: own_files(self.settings.daemon),
         )
         self.batcher = self.intake.batcher
-        self.intake.set_own_files(own_files(d))
         self.ledger = ledger.Ledger(d.state_dir / "jobs", self.state_lock.check_before_write)
         ex = settings.executor
         try:
@@ -331,7 +331,6 @@ class Daemon:
         for hyp in old.keys() - new.keys():
             self.scheduler.cancel_hypothesis(hyp)
             self.intake.forget(hyp)
-            self.feedback.forget(hyp)
             self._log_worktree("worktree_removed", old[hyp])
         added = [hyp for hyp in new if hyp not in old or old[hyp].path != new[hyp].path]
         for hyp in added:
@@ -363,12 +362,9 @@ class Daemon:
 
     async def rediscover(self) -> None:
         async with self._discovery_lock:
-            try:
-                found = await discover_async(self.settings.worktrees)
-            except WorktreeError as exc:
-                self.repo_presence.failed(self.settings.worktrees.repo, str(exc))
+            found = await self.repo_presence.discover(self.settings.worktrees)
+            if found is None:
                 return
-            self.repo_presence.succeeded(self.settings.worktrees.repo)
             # The branch counts too: a `git checkout` in a worktree must reach the status
             # file and the {branch} placeholder, not only additions and removals.
             current = {(wt.id, wt.path, wt.branch) for wt in self.worktrees.values()}
@@ -488,7 +484,6 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.set_step(step_for(d.debounce_ms, self.env))
         self.intake.set_ignore(new.worktrees.ignore)
-        self.intake.set_own_files(own_files(d))
         self.reuse.set_rules(rules_for(new), d.state_dir)
         self.scheduler.set_limits(self._concurrency(new), *self._policy(new))
         if new.executor != old.executor:
@@ -498,10 +493,8 @@ class Daemon:
             if script.name not in kept:
                 self.scheduler.cancel_script(script.name)  # ends ``cancelled``
         async with self._discovery_lock:
-            try:
-                found = await discover_async(new.worktrees)
-            except WorktreeError as exc:
-                self.log.warning("worktree_discovery_failed", error=str(exc))
+            found = await self.repo_presence.discover(new.worktrees)
+            if found is None:
                 found = list(self.worktrees.values())
             # also reshapes the status board for the new scripts
             await self._apply_worktrees(found)

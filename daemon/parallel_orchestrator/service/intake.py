@@ -45,7 +45,8 @@ class ChangeIntake:
     ``index`` gives the current ``WorktreeIndex`` (replaced when worktrees change);
     ``spawn`` runs a coroutine as a task the daemon owns (cancelled at shutdown);
     ``respect_gitignore`` and ``log`` are callables because a reload may change them;
-    ``rediscover`` asks the daemon to list the worktrees again.
+    ``rediscover`` asks the daemon to list the worktrees again; ``own`` gives the
+    daemon's own files (a reload may move them).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class ChangeIntake:
         rediscover: Callable[[], None],
         log: Callable[[], Any],
         observer: ChangeObserver | None = None,
+        own: Callable[[], OwnFiles] = OwnFiles,
     ) -> None:
         self._observer = observer
         self.batcher = Batcher(
@@ -81,10 +83,6 @@ class ChangeIntake:
         self._admitting = 0  # admissions in flight
         self._force_after_admit = False
         self._closing = False
-        self._own = OwnFiles()
-
-    def set_own_files(self, own: OwnFiles) -> None:
-        """The daemon's state dir, status and log files: never a change (ownfiles.py)."""
         self._own = own
 
     def set_ignore(self, ignore: Iterable[str]) -> None:
@@ -108,7 +106,8 @@ class ChangeIntake:
         """The watcher's callback (on the loop): one chunk of raw changes."""
         stream_ended = self.batcher.streaming and not chunk.streaming
         self.batcher.streaming = chunk.streaming
-        seen = self._index().classify(self._own.drop_from(chunk.changes), self._ignored)
+        # The daemon's state dir, status and log files are never a change (ownfiles.py).
+        seen = self._index().classify(self._own().drop_from(chunk.changes), self._ignored)
         for hyp in seen.released:
             self.batcher.lock_released(hyp)
         for hyp in seen.gitignore_touched:

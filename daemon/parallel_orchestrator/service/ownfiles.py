@@ -11,6 +11,7 @@ the ``ignore`` globs say.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +45,18 @@ def _spellings(path: Path) -> set[str]:
 
 
 def own_files(d: DaemonSettings) -> OwnFiles:
+    """The daemon's own files under ``d`` (asked on every watcher chunk: cached)."""
+    return _own_files(d.state_dir, d.status_file, d.log_file)
+
+
+@functools.lru_cache(maxsize=4)
+def _own_files(state_dir: Path, status_file: Path, log_file: Path | None) -> OwnFiles:
     exact: set[str] = set()
     prefixes: list[str] = []
-    for state_dir in _spellings(d.state_dir):
-        exact.add(state_dir)
-        prefixes.append(state_dir.rstrip(os.sep) + os.sep)
-    for file in (d.status_file, d.log_file):
+    for spelled_dir in _spellings(state_dir):
+        exact.add(spelled_dir)
+        prefixes.append(spelled_dir.rstrip(os.sep) + os.sep)
+    for file in (status_file, log_file):
         if file is None:
             continue
         for spelled in _spellings(file):

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..repo.worktrees import Worktree, WorktreeError, discover_async
 from ..report.status import StatusBoard
 from ..report.statuswriter import StatusWriter
+from ..settings.loader import WorktreeSettings
 
 REPO_OK = "ok"
 REPO_MISSING = "repo_missing"
@@ -30,6 +32,16 @@ class RepoPresence:
         self.missing = False
         self._last_error = ""
         board.doc["daemon"]["repo_state"] = REPO_OK
+
+    async def discover(self, settings: WorktreeSettings) -> list[Worktree] | None:
+        """The worktrees, or None (the failure said as above) when they cannot be listed."""
+        try:
+            found = await discover_async(settings)
+        except WorktreeError as exc:
+            self.failed(settings.repo, str(exc))
+            return None
+        self.succeeded(settings.repo)
+        return found
 
     def failed(self, repo: Path | None, error: str) -> None:
         """A discovery failed with ``error``; ``repo`` is the configured repository."""
