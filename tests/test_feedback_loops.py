@@ -49,7 +49,8 @@ def test_a_script_retriggered_only_by_its_own_writes_is_paused_until_an_outside_
     _, trees = make_repo(tmp_path / "r", hypotheses=("hyp-1",))
     script = {
         "name": "report",
-        "command": ["sh", "-c", "date +%s%N > out/report.txt"],
+        # Writes its report during its run (not in its very last moment: feedback.py).
+        "command": ["sh", "-c", "date +%s%N > out/report.txt; sleep 0.3"],
         "watch": ["src/*.py", "out/*.txt"],
     }
     (trees["hyp-1"] / "out").mkdir()

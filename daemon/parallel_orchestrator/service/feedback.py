@@ -9,8 +9,11 @@ Each hypothesis x script's latest run window is kept: from the start of its run 
 moment its process ended (the ``finished_at`` of its status cell, not the end of the
 daemon's bookkeeping after it: whoever reacts to ``job_finished`` at once edits after
 the process, and that is a change from outside). A batch whose changes all happened
-inside that window (plus ``SLACK_S`` for the watcher's dating, ± step/2) was caused by
-that run, as far as anyone can tell. After
+inside that window was caused by that run, as far as anyone can tell. The watcher dates
+a change to within half a step (at most 25 ms), so the window ends ``MARGIN_S`` before
+the process did: an edit made right after ``job_finished`` is never counted, and the
+price is that writes in a job's last ``MARGIN_S`` are not attributed to it (a loop that
+writes only then goes unnoticed; pytest's caches and most generators write earlier). After
 ``THRESHOLD`` such batches in a row the cell is paused: ``feedback_loop_suspected``
 (hypothesis, script, paths) is logged and self-caused batches no longer start it. The
 first batch with a change from outside (made while the script was not running) runs it
@@ -28,7 +31,7 @@ from ..pipeline.batcher import Batch
 from ..pipeline.scheduler import JobRequest
 
 THRESHOLD = 3
-SLACK_S = 0.03  # changes dated up to this long after a run's end still count as its own
+MARGIN_S = 0.05  # changes dated this close to a run's end are not counted as its own
 MAX_LOGGED_PATHS = 50
 
 Key = tuple[str, str]
@@ -89,7 +92,7 @@ class FeedbackGuard:
         ended_wall = self._process_ended(key)
         if ended_wall is not None:  # as monotonic time
             end = min(end, time.monotonic() - (time.time() - ended_wall))
-        return cell.start <= batch.first_change and batch.last_change <= end + SLACK_S
+        return cell.start <= batch.first_change and batch.last_change <= end - MARGIN_S
 
     def _admit(self, batch: Batch, req: JobRequest) -> bool:
         cell = self._cells.get(req.key)
