@@ -89,7 +89,10 @@ def make_spec(
     job_id: str,
     files: RunFiles | None,
     base_env: Mapping[str, str],
+    extra_env: Mapping[str, str] | None = None,
 ) -> JobSpec:
+    """``extra_env``: the job's own ``PO_TMPDIR``/``TMPDIR``/``PO_PORT_BASE``; it wins
+    over the script's ``env`` (the design sets ``TMPDIR`` to ``PO_TMPDIR``)."""
     env = dict(base_env)
     env.update(script.env)
     junit = os.fsdecode(files.junit) if files else os.devnull
@@ -102,6 +105,7 @@ def make_spec(
         PO_CHANGED_FILE_Z=os.fsdecode(files.changed_z) if files else os.devnull,
         PO_JUNIT_XML=junit,
     )
+    env.update(extra_env or {})
     return JobSpec(
         argv=tuple(substitute(a, wt, {"junit": junit}) for a in script.command),
         cwd=wt.path / script.cwd if script.cwd else wt.path,
