@@ -510,3 +510,25 @@ def test_a_state_dir_in_a_folder_others_can_write_is_refused(
     d.wait_event("daemon_started")
     assert (state / "daemon.lock").exists()
     assert d.stop() == 0
+
+
+# == 3. error lines name hostile things escaped ===========================================
+def test_error_lines_show_control_characters_escaped(tmp_path: Path) -> None:
+    """A worktree folder name (or an argument) holding an escape sequence must not drive
+    the terminal when an error line names it: every error line is shown escaped."""
+    hostile = "h\x1b]0;PWNED\x07\x1b[2J"
+    repo, _ = make_repo(tmp_path, hypotheses=())
+    subprocess.run(
+        ["git", "-C", repo, "worktree", "add", "-q", "-b", "plain", tmp_path / hostile],
+        check=True,
+    )
+    config = write_config(tmp_path / "cfg" / "po.toml", repo, [{"name": "ok", "command": ["true"]}])
+    cfg = os.fsdecode(config)
+    for argv in (
+        ["once", "-c", cfg, "--hypothesis", "nope\x1b[31m"],  # names the hostile worktree
+        ["status", "-c", cfg, "extra\x1b[2J"],  # argparse's own error line
+    ):
+        done = run_cli(*argv, cwd=config.parent, timeout=QUICK_START_S)
+        assert done.returncode == 2, done.stderr
+        assert "\x1b" not in done.stderr and "\x07" not in done.stderr, repr(done.stderr)
+        assert "\\x1b" in done.stderr, done.stderr
