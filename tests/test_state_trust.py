@@ -532,3 +532,30 @@ def test_error_lines_show_control_characters_escaped(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert "\x1b" not in done.stderr and "\x07" not in done.stderr, repr(done.stderr)
         assert "\\x1b" in done.stderr, done.stderr
+
+
+# == the log file: a link planted by someone else is never appended through ==============
+def test_a_log_file_link_planted_by_another_user_is_refused(tmp_path: Path, daemons) -> None:
+    """With fs.protected_symlinks off (containers, some systems), a link another user
+    planted at the log file's name in a shared folder (/tmp) made a root daemon append
+    its JSON lines to a file of their choosing. A link of our own (or root's) still
+    works: /dev/stderr is one."""
+    if os.geteuid() != 0:
+        pytest.skip("planting a link owned by another user needs root")
+    public = tmp_path / "public"
+    public.mkdir()
+    public.chmod(0o1777)
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious\n")
+    log = public / "po.log"
+    log.symlink_to(victim)
+    os.lchown(log, 65534, 65534)
+    config = _setup(tmp_path, log_file=os.fsdecode(log))
+    line = _refused(config)
+    assert f"log file {log}: cannot open" in line and "uid 65534" in line, line
+    assert victim.read_text() == "precious\n"
+
+    os.lchown(log, 0, 0)  # a link of our own: followed as before
+    d = daemons(config)
+    wait_until(lambda: "daemon_started" in victim.read_text(), 60, what="log via our link")
+    assert d.stop() == 0
