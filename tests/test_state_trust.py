@@ -216,9 +216,18 @@ def test_a_deleted_state_dir_is_recreated_and_locked_again(
     assert restored["path"] == os.fsdecode(state)
     assert d1.events("state_dir_replaced")[0]["path"] == os.fsdecode(state)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
     # The running job's ledger record is back: a crash now would still be recovered.
-    records = [json.loads(p.read_text()) for p in (state / "jobs").glob("*.json")]
-    assert [r["job_id"] for r in records] == [job["job_id"]]
+    # (rmtree is no atomic delete: the guard may have restored the folder while rmtree
+    # still ran, and restores it once more when rmtree finishes: wait for the last one.)
+    def ledger_ids() -> list[str]:
+        found = []
+        for p in (state / "jobs").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                found.append(json.loads(p.read_text())["job_id"])
+        return found
+
+    wait_until(lambda: ledger_ids() == [job["job_id"]], what="the job's record restored")
 
     # A second daemon on the same state dir is refused, and the job lives on.
     line = _refused(config)
