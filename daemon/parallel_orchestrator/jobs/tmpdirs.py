@@ -37,8 +37,12 @@ class TempDirError(OrchestratorError):
 
 
 def remove_tree(path: Path) -> None:
-    """``rm -rf``, also through folders a test made read-only; raises OSError."""
+    """``rm -rf``, also through folders a test made read-only; raises OSError. A job
+    may swap its folder for a symlink (or a file): that goes, and is never followed."""
     try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
+            return
         shutil.rmtree(path)
     except FileNotFoundError:
         return
@@ -65,6 +69,11 @@ def _make_writable(path: Path) -> None:
 def _is_small(path: Path, limit: int) -> bool:
     """Whether the tree under ``path`` has at most ``limit`` entries (stops counting there)."""
     budget = limit
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return True  # a symlink or a file: one unlink, never followed
+    except OSError:
+        return True
     stack = [path]
     while stack:
         try:
