@@ -140,11 +140,16 @@ class FileDigestIndex:
                 return ViewDigest(None, view.count, f"cannot read {first}", seq)
             return ViewDigest(view.total.to_bytes(16, "big"), view.count, seq=seq)
 
-    def changed_during(self, globs: tuple[str, ...], after_seq: int, until: float) -> bool:
+    def changed_during(
+        self, globs: tuple[str, ...], after_seq: int, until: float, *, known_only: bool = False
+    ) -> bool:
         """Whether a file of ``globs``' view changed at or before ``until`` (monotonic)
         but was reported after the digest that included mark ``after_seq``: a job keyed
         by that digest may then have seen other content than its key says. Changes made
-        after ``until`` (the job's end) do not count. Blocking: from a worker thread."""
+        after ``until`` (the job's end) do not count. ``known_only``: count only paths
+        that are files of the view now (a git-ignored file that the job itself wrote and
+        removed does not count; a file changed and changed back does). Blocking: from a
+        worker thread."""
         with self._pending_lock:
             marks = [m for m in self._recent if m[0] > after_seq]
             lost = bool(self._recent) and self._recent[0][0] > after_seq + 1
@@ -158,7 +163,9 @@ class FileDigestIndex:
                 if when > until:
                     continue
                 for rel in rels:
-                    if rel == EVERYTHING or view.regex.match(rel):
+                    if rel == EVERYTHING:
+                        return True
+                    if view.regex.match(rel) and (not known_only or rel in self.files):
                         return True
                     prefix = rel + "/"
                     if any(f.startswith(prefix) for f in self.files):
@@ -258,7 +265,9 @@ def _walk_files(path: str, rel: str, rules: IgnoreRules) -> list[str]:
 
 
 def _term(rel: str, entry: FileDigest) -> int:
-    data = os.fsencode(rel) + b"\0" + entry.kind.encode() + (entry.digest or b"?")
+    # The owner's execute bit is content, as for git: ``./check.sh`` runs or is refused.
+    kind = entry.kind.encode() + (b"x" if entry.sig[4] & stat.S_IXUSR else b"-")
+    data = os.fsencode(rel) + b"\0" + kind + (entry.digest or b"?")
     return xxhash.xxh3_128_intdigest(data)
 
 

@@ -8,18 +8,20 @@ worktrees of one commit start one process and three waits.
 A result is stored only when it is the result *of that key*: no watched file of the
 job's worktree may have changed between the key's computation and the job's end. The
 watcher reports a change a little after it happens, so the check waits ``SETTLE_S``
-after the job; then the key computed anew must be the same (a touch or a save of the
-same bytes changes nothing), or else every change reported since the key must have
-been made after the job ended (the next save), as far as the watcher's timestamps tell;
-within ``MARGIN_S`` of the end it counts as during the job. (A file changed *and
-changed back* while the job ran goes unnoticed, as by any build cache that hashes
-inputs.) Without a watcher (``once``) the worktree is listed again and the key must come
-out the same. Every blocking step (hashing, git, disk) runs on one worker thread.
+after the job; then every change reported since the key must have been made after the
+job ended (the next save), as far as the watcher's timestamps tell; within ``MARGIN_S``
+of the end it counts as during the job. When the key computed anew is the same, only
+files the key covers and changes dated ``MARGIN_S`` before the end count (the job may
+write and remove git-ignored files; a touch right after the job is harmless), but a
+file changed *and changed back* during the job does: the job may have read the other
+content (``git stash`` + ``stash pop`` during a run). Without a watcher (``once``) the
+worktree is listed again and the key must come out the same. Every blocking step (hashing, git, disk) runs on one worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,7 +44,8 @@ CACHE_DIR = "cache"
 # end (its step, at most 50 ms, plus a chunk and the loop's latency).
 SETTLE_S = 0.25
 # The watcher dates a chunk's changes from its step; a change stamped up to this long
-# after the job's end may still have been made before it: counted as during the job.
+# after the job's end may still have been made before it: counted as during the job (and
+# one stamped this long before the end may have been made after it: see ``_unchanged``).
 MARGIN_S = 0.05
 
 
@@ -245,10 +248,20 @@ class ResultReuse:
             return again is not None and again.value == key.value
         await asyncio.sleep(SETTLE_S)
         again = await self.key(hyp, script)
-        if again is not None and again.value == key.value:
-            return True  # whatever was reported (a touch, a save of the same bytes)
-        # Changed since: fine if every change came after the job's end (the next save).
         globs = tuple(script.watch)
+        if again is not None and again.value == key.value:
+            # The same content now, but a watched file changed *and changed back* during
+            # the job may have been read in between. Only changes dated surely before the
+            # end count here: a touch or a save of the same bytes right after the job
+            # (dated up to half a watcher step early) must not cost the entry.
+            changed = await self._blocking(
+                functools.partial(index.changed_during, known_only=True),
+                globs,
+                key.seq,
+                ended - MARGIN_S,
+            )
+            return not changed
+        # Changed since: fine if every change came after the job's end (the next save).
         changed = await self._blocking(index.changed_during, globs, key.seq, ended + MARGIN_S)
         return not changed
 
