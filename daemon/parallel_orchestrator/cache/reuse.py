@@ -15,7 +15,8 @@ files the key covers and changes dated ``MARGIN_S`` before the end count (the jo
 write and remove git-ignored files; a touch right after the job is harmless), but a
 file changed *and changed back* during the job does: the job may have read the other
 content (``git stash`` + ``stash pop`` during a run). Without a watcher (``once``) the
-worktree is listed again and the key must come out the same. Every blocking step (hashing, git, disk) runs on one worker thread.
+worktree is listed again and the key must come out the same. Every blocking step
+(hashing, git, disk) runs on one worker thread.
 """
 
 from __future__ import annotations
