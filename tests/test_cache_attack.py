@@ -52,7 +52,7 @@ def test_content_changed_and_changed_back_during_a_run_is_not_stored(tmp_path: P
     # The job reads app.py once the test opens the gate, then reports what it read.
     body = (
         f"while [ ! -e {gate} ]; do sleep 0.05; done; "
-        f"v=$(cat src/app.py); echo \"$PO_JOB_ID $v\" >> {seen}; echo \"read: $v\"; sleep 1; "
+        f'v=$(cat src/app.py); echo "$PO_JOB_ID $v" >> {seen}; echo "read: $v"; sleep 1; '
         f'case "$v" in *1*) exit 0;; *) exit 1;; esac'
     )
     script = {
