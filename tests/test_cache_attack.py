@@ -6,6 +6,8 @@ worst defect a cache can have; each test here once found or could find one.
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,32 @@ def test_content_changed_and_changed_back_during_a_run_is_not_stored(tmp_path: P
         assert second["result"] == "pass"
     finally:
         assert d.stop() == 0
+
+
+def test_sigterm_while_a_huge_watched_file_is_hashed_exits_in_bound(tmp_path: Path) -> None:
+    """The key of a worktree holding a 30 GiB (sparse) watched file takes long to hash:
+    off the loop, and SIGTERM must not wait for it (the hashing thread is joined at
+    interpreter exit), within kill_grace_s + 2 s (plus a margin for a loaded machine)."""
+    repo, _ = make_repo(tmp_path / "r", ())
+    with open(repo / "big.py", "wb") as f:
+        f.truncate(30 << 30)
+    script = {
+        "name": "tests",
+        "command": ["true"],
+        "watch": ["**/*.py"],
+        "timeout_s": 30,
+        "kill_grace_s": 1,
+        "cache": True,
+    }
+    cfg = write_config(tmp_path / "cfg" / "po.toml", repo, [script], run_on_start=True)
+    d = DaemonProcess(cfg)
+    d.wait_ready()
+    d.wait_event("batch_formed", count=1, timeout=60)
+    assert not d.events("job_finished")  # still hashing
+    sent = time.monotonic()
+    d.signal(signal.SIGTERM)
+    try:
+        assert d.wait_exit(timeout=20) == 0
+    finally:
+        d.stop()
+    assert time.monotonic() - sent < 1 + 2 + 3

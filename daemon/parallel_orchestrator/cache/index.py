@@ -31,7 +31,7 @@ from pathlib import Path
 import xxhash
 
 from ..repo.pathglob import compile_glob
-from .digests import FileDigest, digest_file
+from .digests import DigestStopped, FileDigest, digest_file
 from .listing import IgnoreRules, git_ignored, is_git_worktree, list_files
 
 MASK_128 = (1 << 128) - 1
@@ -88,6 +88,9 @@ class FileDigestIndex:
         self._pending_lock = threading.Lock()
         self._compute_lock = threading.Lock()
         self.rehashed = 0  # files hashed so far: what the tests and benchmarks observe
+        # Set when the index is dropped (shutdown, worktree gone): a scan in progress
+        # ends with ``DigestStopped`` instead of hashing on.
+        self.stop = threading.Event()
 
     # -- event loop side -------------------------------------------------------------
     def mark_changed(self, relpaths: Iterable[str], when: float | None = None) -> None:
@@ -130,10 +133,15 @@ class FileDigestIndex:
                 every = tuple(dict.fromkeys(g for v in self._views for g in v))
                 self._wanted = globs_regex(every)
                 full = True
-            if full or not self._built:
-                self._rescan()
-            else:
-                self._apply(pending)
+            try:
+                if full or not self._built:
+                    self._rescan()
+                else:
+                    self._apply(pending)
+            except DigestStopped:
+                with self._pending_lock:
+                    self._full = True  # the pending changes are only partly applied
+                raise
             view = self._views[globs]
             if view.unreadable:
                 first = min(view.unreadable)
@@ -178,9 +186,12 @@ class FileDigestIndex:
         now = time.time_ns()
         old_files, fresh = self.files, {}
         wanted, base = self._wanted.match, self._base + "/"
+        stopped = self.stop.is_set
         for rel in list_files(self.root, self.rules):
             if not wanted(rel):
                 continue
+            if stopped():
+                raise DigestStopped(os.fsdecode(self.root))
             path = base + rel
             old = old_files.get(rel)
             if old is not None:
@@ -190,7 +201,7 @@ class FileDigestIndex:
                         continue
                 except OSError:
                     continue  # listed by git, gone from disk
-            entry = digest_file(path, now)
+            entry = digest_file(path, now, self.stop)
             if entry is not None:
                 fresh[rel] = entry
                 self.rehashed += 1
@@ -223,13 +234,13 @@ class FileDigestIndex:
             if old is None:
                 new_candidates.append(rel)
             elif not old.still_valid_for(st):
-                self._replace(rel, digest_file(path, now))
+                self._replace(rel, digest_file(path, now, self.stop))
         wanted = [r for r in new_candidates if r not in self.files and self._wanted.match(r)]
         if wanted and self.rules.respect_gitignore and is_git_worktree(self.root):
             ignored = git_ignored(self.root, wanted)
             wanted = [r for r in wanted if r not in ignored]
         for rel in wanted:
-            self._replace(rel, digest_file(os.path.join(self._base, rel), now))
+            self._replace(rel, digest_file(os.path.join(self._base, rel), now, self.stop))
 
     def _replace(self, rel: str, entry: FileDigest | None) -> None:
         old = self.files.pop(rel, None)

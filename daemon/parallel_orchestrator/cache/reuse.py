@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from ..report.eventlog import get_logger
 from ..store.safe_open import read_regular, write_new
+from .digests import DigestStopped
 from .index import FileDigestIndex
 from .inputkey import input_key
 from .listing import IgnoreRules, ListingError
@@ -90,7 +91,7 @@ class ResultReuse:
         """Keep indexes of these hypotheses; a moved or removed one starts afresh."""
         for hyp in list(self._indexes):
             if paths.get(hyp) != self._indexes[hyp].root:
-                del self._indexes[hyp]
+                self._indexes.pop(hyp).stop.set()
         for hyp, path in paths.items():
             if hyp not in self._indexes:
                 self._indexes[hyp] = FileDigestIndex(path, self.rules)
@@ -99,7 +100,7 @@ class ResultReuse:
         if rules != self.rules:
             self.rules = rules
             roots = {hyp: index.root for hyp, index in self._indexes.items()}
-            self._indexes.clear()
+            self._stop_indexes()
             self.set_worktrees(roots)
         self.store.dir = state_dir / CACHE_DIR
 
@@ -124,6 +125,8 @@ class ResultReuse:
             return None
         try:
             view = await self._blocking(index.view_digest, tuple(script.watch))
+        except DigestStopped:
+            return None  # shutting down, or the worktree went away
         except (ListingError, OSError) as exc:
             self.log.warning(
                 "cache_key_unavailable", hypothesis=hyp, script=script.name, error=str(exc)
@@ -292,10 +295,17 @@ class ResultReuse:
         self.close()
 
     def close(self) -> None:
-        """Let the worker thread go (a scan in progress finishes first)."""
+        """Let the worker thread go; a scan in progress stops at its next file (or next
+        MiB of a large one): the thread is joined at interpreter exit."""
+        self._stop_indexes()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+    def _stop_indexes(self) -> None:
+        for index in self._indexes.values():
+            index.stop.set()
+        self._indexes.clear()
 
     def _entry_problem(self, path: Path, error: str) -> None:
         self.log.warning("cache_entry_unreadable", path=os.fsdecode(path), error=error)
