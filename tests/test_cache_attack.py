@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from harness import DaemonProcess, make_repo, wait_until, write_config
 
@@ -111,3 +113,47 @@ def test_sigterm_while_a_huge_watched_file_is_hashed_exits_in_bound(tmp_path: Pa
     finally:
         d.stop()
     assert time.monotonic() - sent < 1 + 2 + 3
+
+
+def test_a_change_during_a_run_that_spans_a_reload_of_the_ignore_rules_is_not_stored(
+    tmp_path: Path,
+) -> None:
+    """New ignore rules rebuild the digest indexes; a job keyed by the old index must not
+    be judged by the new one's change marks (its first ones are not the old key's)."""
+    seen = tmp_path / "seen.txt"
+    gate = tmp_path / "gate"
+    repo, _ = make_repo(tmp_path / "r", ())
+    app = repo / "src" / "app.py"
+    body = (
+        f"while [ ! -e {gate} ]; do sleep 0.05; done; "
+        f'v=$(cat src/app.py); echo "$PO_JOB_ID $v" >> {seen}; sleep 1; '
+        f'case "$v" in *1*) exit 0;; *) exit 1;; esac'
+    )
+    script = {
+        "name": "tests",
+        "command": ["sh", "-c", body],
+        "watch": ["**/*.py"],
+        "timeout_s": 60,
+        "cache": True,
+    }
+    cfg = write_config(
+        tmp_path / "cfg" / "po.toml", repo, [script], run_on_start=True, on_busy="queue"
+    )
+    d = DaemonProcess(cfg)
+    try:
+        d.wait_event("job_started", count=1, timeout=60)
+        doc = tomllib.loads(cfg.read_text())
+        doc["worktrees"]["ignore"] = ["vendor"]
+        cfg.write_text(tomli_w.dumps(doc))
+        d.wait_event("config_reloaded", count=1, timeout=30)
+        app.write_text("VALUE = 2\n")  # B, after the reload, while the job runs
+        gate.touch()
+        first = d.wait_event("job_finished", count=1, timeout=60)[0]
+        assert first["result"] == "fail"  # it read B
+        second = d.wait_event("job_finished", count=2, timeout=60)[1]
+        assert second["result"] == "fail" and second["cached"] is False  # B runs
+        app.write_text("VALUE = 1\n")  # back to A: never ran, B's verdict must not be A's
+        third = d.wait_event("job_finished", count=3, timeout=60)[2]
+        assert (third["result"], third["cached"]) == ("pass", False), third
+    finally:
+        assert d.stop() == 0

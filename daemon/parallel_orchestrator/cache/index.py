@@ -18,6 +18,7 @@ thread, one call per index at a time.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
@@ -37,6 +38,7 @@ from .listing import IgnoreRules, git_ignored, is_git_worktree, list_files
 MASK_128 = (1 << 128) - 1
 RECENT_MARKS = 4096  # change marks kept for ``changed_during``; older ones: "changed"
 EVERYTHING = ""  # a mark that may touch any file (an invalidation)
+_SERIALS = itertools.count(1)
 
 
 def globs_regex(globs: tuple[str, ...]) -> re.Pattern[str]:
@@ -87,6 +89,9 @@ class FileDigestIndex:
         self._recent: deque[tuple[int, float, tuple[str, ...]]] = deque(maxlen=RECENT_MARKS)
         self._pending_lock = threading.Lock()
         self._compute_lock = threading.Lock()
+        # Which index a key came from: change marks are numbered per index, so a job
+        # keyed by a replaced index cannot be judged by the new one's marks.
+        self.serial = next(_SERIALS)
         self.rehashed = 0  # files hashed so far: what the tests and benchmarks observe
         # Set when the index is dropped (shutdown, worktree gone): a scan in progress
         # ends with ``DigestStopped`` instead of hashing on.

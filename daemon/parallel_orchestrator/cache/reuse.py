@@ -57,6 +57,7 @@ class JobKey:
 
     value: str
     seq: int
+    index: int = 0  # the serial of the FileDigestIndex that computed it
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class ResultReuse:
                 "cache_key_unavailable", hypothesis=hyp, script=script.name, error=view.problem
             )
             return None
-        return JobKey(key, view.seq)
+        return JobKey(key, view.seq, index.serial)
 
     async def lookup(self, key: str) -> Hit | None:
         found = await self._blocking(self.store.get, key)
@@ -244,8 +245,8 @@ class ResultReuse:
 
     async def _unchanged(self, key: JobKey, hyp: str, script: Any, ended: float) -> bool:
         index = self._indexes.get(hyp)
-        if index is None:
-            return False
+        if index is None or index.serial != key.index:
+            return False  # a new index (new ignore rules, moved worktree) lacks the marks
         if not self.watched:
             index.invalidate()
             again = await self.key(hyp, script)
