@@ -197,6 +197,9 @@ def _await_cells(
     while True:
         cells = _cells(reader.doc, keys)
         if not any(c.get("state") in BUSY_STATES for c in cells):
+            if any(c.get("state") == "cancelled" for c in cells):
+                # Cut short by a stopping daemon is no verdict on the edit (not a fail).
+                reader.check_alive()
             passed = all(c.get("state") == "pass" for c in cells)
             return WaitResult("pass" if passed else "fail", cells)
         now = time.monotonic()
