@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..backends.base import BackendUnavailable, open_backend
+from ..backends.base import close_within, open_backend
 from ..cache.reuse import ResultReuse, rules_for
 from ..jobs import janitor, ledger
 from ..jobs.runner import install_child_watcher, reap_orphan_zombies
@@ -119,10 +119,9 @@ class Daemon:
         self.batcher = self.intake.batcher
         self.ledger = ledger.Ledger(d.state_dir / "jobs", self.state_lock.check_before_write)
         ex = settings.executor
-        try:
-            self.backend = open_backend(ex.backend, ex.address, log=lambda: self.log)
-        except BackendUnavailable as exc:
-            raise DaemonError(str(exc)) from exc
+        # BackendUnavailable (distributed missing; at start: scheduler unreachable) is an
+        # OrchestratorError: one line, exit 2.
+        self.backend = open_backend(ex.backend, ex.address, log=lambda: self.log)
         self._slots = d.concurrency  # max_concurrency = 0: the backend's, once started
         self.jobs = JobGlue(
             session=self.session,
@@ -218,11 +217,7 @@ class Daemon:
         return code
 
     async def _start_backend(self) -> None:
-        """Connect to where jobs run (a dask scheduler): one line and exit 2 if it cannot."""
-        try:
-            await self.backend.start()
-        except BackendUnavailable as exc:
-            raise DaemonError(str(exc)) from exc
+        await self.backend.start()
         self._slots = await self.backend.slots()
         self.scheduler.set_limits(self._concurrency(self.settings), *self._policy(self.settings))
 
@@ -283,7 +278,7 @@ class Daemon:
         )
         grace = max((s.kill_grace_s for s in self.settings.scripts), default=5.0)
         stuck = await self.scheduler.shutdown(timeout=grace + 1.5)
-        await self._close_backend()
+        await close_within(self.backend, 1.0, self.log)
         await self.sidebyside.close()
         await watcher_stopped
         if stuck:
@@ -300,16 +295,6 @@ class Daemon:
         await self.reuse.aclose()
         self.log.info("daemon_stopped", reason=reason)
         self.state_lock.release()
-
-    async def _close_backend(self) -> None:
-        # Its jobs have ended; what is left is a connection (or an in-process cluster,
-        # whose worker processes die with us anyway): do not let it hold up the exit.
-        try:
-            await asyncio.wait_for(self.backend.close(), 1.0)
-        except TimeoutError:
-            self.log.warning("executor_close_slow", backend=self.backend.name)
-        except Exception as exc:  # shutdown goes on: the jobs are over, the log says why
-            self.log.warning("executor_close_failed", backend=self.backend.name, error=str(exc))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
