@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from harness import DaemonProcess, make_repo, run_cli, wait_until, write_config
+from parallel_orchestrator.jobs.spec import prune_runs
 from parallel_orchestrator.report.results import write_results
 
 pytestmark = pytest.mark.timeout(120)
@@ -393,3 +394,18 @@ def test_compare_reads_results_only_inside_the_state_dir(tmp_path: Path) -> None
     assert got.returncode == 0, got.stderr
     there = next(h for h in json.loads(got.stdout)["hypotheses"] if h["id"] == outside)
     assert there["scripts"]["t"]["fixed"] == []
+
+
+def test_run_logs_are_pruned_whatever_a_job_leaves_in_its_run_folder(tmp_path: Path) -> None:
+    """A job can write in its run folder (its {junit} report lives there): a dangling
+    ``*.log`` symlink or a ``*.log`` folder made every later prune fail."""
+    run_dir = tmp_path / "runs" / "h" / "s"
+    run_dir.mkdir(parents=True)
+    (run_dir / "planted.log").symlink_to(tmp_path / "nowhere")
+    (run_dir / "folder.log").mkdir()
+    for i in range(5):
+        log = run_dir / f"j{i}.log"
+        log.write_text(f"run {i}\n")
+        os.utime(log, (1_000_000 + i, 1_000_000 + i))
+    prune_runs(run_dir, keep=2)
+    assert sorted(p.name for p in run_dir.glob("j*.log")) == ["j3.log", "j4.log"]

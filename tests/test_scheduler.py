@@ -265,3 +265,29 @@ async def test_exclusive_can_be_turned_on_by_a_reload() -> None:
     assert sched.pending(("h2", "db")) and not sched.pending(("h1", "db"))
     await release_all(jobs, 2)
     assert jobs.max_per_script["db"] == 1
+
+
+async def test_a_rerun_is_announced_when_it_is_asked_for() -> None:
+    """A job whose result is recorded but whose task has not ended yet: the rerun a new
+    batch asks for is announced at once, so the cell never looks settled meanwhile."""
+
+    class Queued(SchedulerHooks):
+        def __init__(self) -> None:
+            self.keys: list[tuple[str, str]] = []
+
+        def queued(self, req: JobRequest) -> None:
+            self.keys.append(req.key)
+
+    for on_busy in ("restart", "queue"):
+        hooks = Queued()
+        jobs = Jobs()
+        sched = Scheduler(jobs.run, concurrency=1, on_busy=on_busy, hooks=hooks)
+        sched.submit(req("h"))
+        await jobs.until(lambda jobs=jobs: len(jobs.started) == 1)
+        assert hooks.keys == [("h", "t")]
+        sched.submit(req("h", batch="b2"))
+        assert hooks.keys == [("h", "t"), ("h", "t")]
+        jobs.release[0].set()
+        await jobs.until(lambda jobs=jobs: len(jobs.started) == 2)
+        jobs.release[1].set()
+        await jobs.until(lambda jobs=jobs: len(jobs.finished) == 2)

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -266,7 +267,7 @@ async def test_job_temp_dirs_are_fresh_private_and_removed(tmp_path: Path) -> No
     state, base = tmp_path / "state", tmp_path / "tmp"
     state.mkdir()
     base.mkdir()
-    dirs = JobTempDirs(state, base)
+    dirs = JobTempDirs(base, state)
     assert dirs.open() is None
     one, two = dirs.create("s-j1"), dirs.create("s-j2")
     assert one != two and one.parent == two.parent == dirs.root
@@ -279,6 +280,15 @@ async def test_job_temp_dirs_are_fresh_private_and_removed(tmp_path: Path) -> No
     (one / "a").chmod(0o500)  # a test that made its folders read-only
     await dirs.remove(one)
     assert not one.exists() and two.exists()
+    for i in range(200):  # past the on-the-loop limit: removed in a thread of its own
+        (two / f"f{i}").write_text("x")
+    (two / "sub").mkdir()
+    (two / "sub").chmod(0o500)
+    before = threading.active_count()
+    await dirs.remove(two)
+    assert not two.exists()
+    two.mkdir()  # for close() below
+    assert threading.active_count() <= before + 1  # no pool left behind
     await dirs.close()
     assert not two.parent.exists()
     assert list(base.iterdir()) == []
@@ -288,11 +298,11 @@ def test_a_crashed_daemons_temp_root_goes_at_the_next_start(tmp_path: Path) -> N
     state, base = tmp_path / "state", tmp_path / "tmp"
     state.mkdir()
     base.mkdir()
-    crashed = JobTempDirs(state, base)
+    crashed = JobTempDirs(base, state)
     crashed.open()
     left = crashed.create("s-j1")
     (left / "data").write_text("x")
-    successor = JobTempDirs(state, base)
+    successor = JobTempDirs(base, state)
     assert successor.open() == crashed.root
     assert not left.exists() and not crashed.root.exists()  # type: ignore[union-attr]
     assert successor.root is not None and successor.root.is_dir()
@@ -309,5 +319,5 @@ def test_a_recorded_root_that_is_not_ours_is_left_alone(tmp_path: Path) -> None:
     link.symlink_to(precious)
     for recorded in (link, tmp_path / "elsewhere", Path("relative/parallel-orchestrator-x")):
         (state / "tmproot").write_text(os.fsdecode(recorded) + "\n")
-        assert JobTempDirs(state, base).open() is None
+        assert JobTempDirs(base, state).open() is None
     assert (precious / "keep").exists()

@@ -216,9 +216,18 @@ def test_a_deleted_state_dir_is_recreated_and_locked_again(
     assert restored["path"] == os.fsdecode(state)
     assert d1.events("state_dir_replaced")[0]["path"] == os.fsdecode(state)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
     # The running job's ledger record is back: a crash now would still be recovered.
-    records = [json.loads(p.read_text()) for p in (state / "jobs").glob("*.json")]
-    assert [r["job_id"] for r in records] == [job["job_id"]]
+    # (rmtree is no atomic delete: the guard may have restored the folder while rmtree
+    # still ran, and restores it once more when rmtree finishes: wait for the last one.)
+    def ledger_ids() -> list[str]:
+        found = []
+        for p in (state / "jobs").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                found.append(json.loads(p.read_text())["job_id"])
+        return found
+
+    wait_until(lambda: ledger_ids() == [job["job_id"]], what="the job's record restored")
 
     # A second daemon on the same state dir is refused, and the job lives on.
     line = _refused(config)
@@ -509,4 +518,53 @@ def test_a_state_dir_in_a_folder_others_can_write_is_refused(
     d = daemons(config)
     d.wait_event("daemon_started")
     assert (state / "daemon.lock").exists()
+    assert d.stop() == 0
+
+
+# == 3. error lines name hostile things escaped ===========================================
+def test_error_lines_show_control_characters_escaped(tmp_path: Path) -> None:
+    """A worktree folder name (or an argument) holding an escape sequence must not drive
+    the terminal when an error line names it: every error line is shown escaped."""
+    hostile = "h\x1b]0;PWNED\x07\x1b[2J"
+    repo, _ = make_repo(tmp_path, hypotheses=())
+    subprocess.run(
+        ["git", "-C", repo, "worktree", "add", "-q", "-b", "plain", tmp_path / hostile],
+        check=True,
+    )
+    config = write_config(tmp_path / "cfg" / "po.toml", repo, [{"name": "ok", "command": ["true"]}])
+    cfg = os.fsdecode(config)
+    for argv in (
+        ["once", "-c", cfg, "--hypothesis", "nope\x1b[31m"],  # names the hostile worktree
+        ["status", "-c", cfg, "extra\x1b[2J"],  # argparse's own error line
+    ):
+        done = run_cli(*argv, cwd=config.parent, timeout=QUICK_START_S)
+        assert done.returncode == 2, done.stderr
+        assert "\x1b" not in done.stderr and "\x07" not in done.stderr, repr(done.stderr)
+        assert "\\x1b" in done.stderr, done.stderr
+
+
+# == the log file: a link planted by someone else is never appended through ==============
+def test_a_log_file_link_planted_by_another_user_is_refused(tmp_path: Path, daemons) -> None:
+    """With fs.protected_symlinks off (containers, some systems), a link another user
+    planted at the log file's name in a shared folder (/tmp) made a root daemon append
+    its JSON lines to a file of their choosing. A link of our own (or root's) still
+    works: /dev/stderr is one."""
+    if os.geteuid() != 0:
+        pytest.skip("planting a link owned by another user needs root")
+    public = tmp_path / "public"
+    public.mkdir()
+    public.chmod(0o1777)
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious\n")
+    log = public / "po.log"
+    log.symlink_to(victim)
+    os.lchown(log, 65534, 65534)
+    config = _setup(tmp_path, log_file=os.fsdecode(log))
+    line = _refused(config)
+    assert f"log file {log}: cannot open" in line and "uid 65534" in line, line
+    assert victim.read_text() == "precious\n"
+
+    os.lchown(log, 0, 0)  # a link of our own: followed as before
+    d = daemons(config)
+    wait_until(lambda: "daemon_started" in victim.read_text(), 60, what="log via our link")
     assert d.stop() == 0

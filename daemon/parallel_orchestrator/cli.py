@@ -26,14 +26,17 @@ from .errors import OrchestratorError
 from .states import PASS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_STATUS = 0, 1, 2, 3
+EXIT_TIMEOUT = 124  # ``wait``: the timeout passed first (as timeout(1) says it)
 PROG = "parallel-orchestrator"
 T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
+        from .report.safetext import one_line
+
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
@@ -93,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     ini.add_argument("--output", metavar="FILE")
     ini.add_argument("--force", action="store_true", help="overwrite an existing file")
 
+    _add_wait_parser(sub)
+
     demo = sub.add_parser("demo", help="the real daemon on a throwaway repository (~5 s)")
     demo.add_argument("--keep", action="store_true", help="keep the demo folder")
 
@@ -148,6 +153,33 @@ def _count(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text!r}")
+    return value
+
+
+def _add_wait_parser(sub: Any) -> None:
+    wait = sub.add_parser(
+        "wait",
+        help="block until the edits made so far have been tested; exit 0 if all pass",
+        description="Wait until every change made before this call has been seen by the "
+        "daemon and the jobs it started (and anything queued or running for the selected "
+        "cells) have finished. Exit 0: every selected cell passes; 1: some does not; "
+        "124: the timeout passed first; 3: no daemon is running.",
+    )
+    wait.add_argument("-c", "--config")
+    wait.add_argument("--hypothesis", action="append", default=[], metavar="ID")
+    wait.add_argument("--script", action="append", default=[], metavar="NAME")
+    wait.add_argument("--timeout", type=_seconds, default=None, metavar="S")
+    wait.add_argument("--json", action="store_true", help="print the selected cells as JSON")
+    wait.set_defaults(status_file=None)  # always the status file of the config's daemon
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {raw!r}")
     return value
 
 
@@ -279,7 +311,8 @@ def cmd_once(args: argparse.Namespace) -> int:
 
     prepare_state_dir(settings.daemon.state_dir)  # run logs and cache: trusted, as for run
     progress = _once_progress(len(selected_wt) * len(scripts))
-    # An unreachable cluster ([executor]) raises BackendUnavailable: main() prints it, exit 2.
+    # An unreachable cluster ([executor]) raises BackendUnavailable, a temp root that cannot
+    # be made TempDirError: main() prints either, exit 2.
     work = run_once(settings, selected_wt, scripts, progress, use_cache=not args.no_cache)
     results, stopped_by = asyncio.run(_interruptible(work))
     if stopped_by is not None:
@@ -592,6 +625,29 @@ def _print_run_log(log: Path) -> None:
     sys.stdout.buffer.flush()
 
 
+def cmd_wait(args: argparse.Namespace) -> int:
+    from .commands.waiter import NoDaemon, WaitUsageError, render, wait_for_verdict
+
+    path, _state_dir = _status_source(args)
+    try:
+        result = wait_for_verdict(path, args.hypothesis, args.script, args.timeout)
+    except NoDaemon as exc:
+        return _fail(str(exc), EXIT_NO_STATUS)
+    except WaitUsageError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130  # the marker was taken back on the way out
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        print()
+    else:
+        print(render(result))
+    if result.verdict == "timeout":
+        print(f"{PROG}: wait: timed out after {args.timeout:g} s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    return EXIT_OK if result.verdict == "pass" else EXIT_FAILED
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from .commands.initializer import init_config
 
@@ -629,6 +685,7 @@ COMMANDS = {
     "logs": cmd_logs,
     "output": cmd_output,
     "rerun": cmd_rerun,
+    "wait": cmd_wait,
 }
 
 

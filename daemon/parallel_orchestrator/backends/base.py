@@ -7,49 +7,24 @@ without ``distributed`` installed.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
 
-from ..errors import OrchestratorError
 from ..jobs.model import JobOutcome, JobSpec
 from ..jobs.runner import run_job
+from .interface import BACKENDS, BackendUnavailable, EventLog, JobBackend, OnStarted
 
-BACKENDS: tuple[str, ...] = ("local", "dask")
-
-# Called once the job's leader runs: its pid, and the worker's address (None: local).
-OnStarted = Callable[[int, "str | None"], None]
-
-
-class BackendUnavailable(OrchestratorError):
-    """The backend cannot run jobs at all (scheduler unreachable, package missing).
-
-    ``str()`` is one line naming what is at fault (the address, the package).
-    """
-
-
-class EventLog(Protocol):
-    def info(self, event: str, **fields: Any) -> Any: ...
-    def warning(self, event: str, **fields: Any) -> Any: ...
-
-
-class JobBackend(Protocol):
-    name: str
-
-    async def start(self) -> None:
-        """Get ready to run jobs; raises BackendUnavailable."""
-
-    async def run(self, spec: JobSpec, on_started: OnStarted | None = None) -> JobOutcome:
-        """Run ``spec`` as ``run_job`` does: cancelling the call kills the job, then
-        re-raises CancelledError."""
-        ...
-
-    async def slots(self) -> int:
-        """How many jobs it runs at once (max_concurrency = 0 means this many)."""
-        ...
-
-    async def close(self) -> None:
-        """Release what ``start`` took (connections, a cluster of our own)."""
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "EventLog",
+    "JobBackend",
+    "LocalBackend",
+    "OnStarted",
+    "close_within",
+    "open_backend",
+]
 
 
 class LocalBackend:
@@ -89,3 +64,17 @@ def open_backend(
             "install parallel-orchestrator[dask]"
         ) from exc
     return DaskBackend(address, log=log)
+
+
+async def close_within(backend: JobBackend, limit_s: float, log: EventLog) -> None:
+    """Close ``backend`` at shutdown, once its jobs have ended; never raises.
+
+    What is left then is a connection (or an in-process cluster, whose worker processes
+    die with us anyway): it must not hold up the exit.
+    """
+    try:
+        await asyncio.wait_for(backend.close(), limit_s)
+    except TimeoutError:
+        log.warning("executor_close_slow", backend=backend.name)
+    except Exception as exc:  # shutdown goes on: the jobs are over, the log says why
+        log.warning("executor_close_failed", backend=backend.name, error=str(exc))

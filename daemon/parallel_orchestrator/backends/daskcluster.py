@@ -42,7 +42,7 @@ from distributed.client import FutureCancelledError
 
 from ..jobs.model import JobOutcome, JobSpec
 from ..store.safe_open import read_regular, write_new
-from .base import BackendUnavailable, EventLog, OnStarted
+from .interface import BackendUnavailable, EventLog, OnStarted
 from .remote import RemoteJob, RemoteResult, cancel_job, from_pushed, run_remote
 
 LOCAL_ADDRESS = "local"

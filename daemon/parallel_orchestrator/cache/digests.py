@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 
 import xxhash
 
@@ -28,6 +29,12 @@ ONE_READ_MAX = 8 << 20  # larger files are hashed in READ_CHUNK pieces, not read
 KIND_FILE = "f"
 KIND_LINK = "l"
 KIND_OTHER = "o"  # FIFO, socket, device: never opened (a FIFO would block the reader)
+
+
+class DigestStopped(Exception):
+    """Hashing was asked to stop: the daemon shuts down or the worktree went away. A
+    multi-GiB file must not hold the process past its shutdown bound (the worker thread
+    is joined at interpreter exit)."""
 
 
 FileSig = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, mode
@@ -65,14 +72,15 @@ class FileDigest:
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def digest_file(path: str, now_ns: int) -> FileDigest | None:
+def digest_file(path: str, now_ns: int, stop: threading.Event | None = None) -> FileDigest | None:
     """Digest the file at ``path`` without following a symlink; None when it is gone.
 
     Opened first and classified by ``fstat`` of what was opened (one syscall fewer than
     ``lstat`` + ``open``, and the signature is that of the bytes read). A symlink
     (``ELOOP``) digests its target text; a non-regular file is only its kind and is never
     read (``O_NONBLOCK``: opening a FIFO does not wait for a writer). A file that exists
-    but cannot be read gets ``digest=None``.
+    but cannot be read gets ``digest=None``. ``stop`` set: ``DigestStopped`` between
+    two pieces of a large file.
     """
     try:
         fd = os.open(path, _OPEN_FLAGS)
@@ -92,6 +100,8 @@ def digest_file(path: str, now_ns: int) -> FileDigest | None:
                 return FileDigest(KIND_FILE, xxhash.xxh3_128_digest(data), sig, now_ns)
             h = xxhash.xxh3_128(data)
             while chunk := os.read(fd, READ_CHUNK):
+                if stop is not None and stop.is_set():
+                    raise DigestStopped(path)
                 h.update(chunk)
             return FileDigest(KIND_FILE, h.digest(), sig, now_ns)
         except OSError:

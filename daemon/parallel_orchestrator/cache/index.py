@@ -18,6 +18,7 @@ thread, one call per index at a time.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
@@ -31,12 +32,13 @@ from pathlib import Path
 import xxhash
 
 from ..repo.pathglob import compile_glob
-from .digests import FileDigest, digest_file
+from .digests import DigestStopped, FileDigest, digest_file
 from .listing import IgnoreRules, git_ignored, is_git_worktree, list_files
 
 MASK_128 = (1 << 128) - 1
 RECENT_MARKS = 4096  # change marks kept for ``changed_during``; older ones: "changed"
 EVERYTHING = ""  # a mark that may touch any file (an invalidation)
+_SERIALS = itertools.count(1)
 
 
 def globs_regex(globs: tuple[str, ...]) -> re.Pattern[str]:
@@ -87,7 +89,13 @@ class FileDigestIndex:
         self._recent: deque[tuple[int, float, tuple[str, ...]]] = deque(maxlen=RECENT_MARKS)
         self._pending_lock = threading.Lock()
         self._compute_lock = threading.Lock()
+        # Which index a key came from: change marks are numbered per index, so a job
+        # keyed by a replaced index cannot be judged by the new one's marks.
+        self.serial = next(_SERIALS)
         self.rehashed = 0  # files hashed so far: what the tests and benchmarks observe
+        # Set when the index is dropped (shutdown, worktree gone): a scan in progress
+        # ends with ``DigestStopped`` instead of hashing on.
+        self.stop = threading.Event()
 
     # -- event loop side -------------------------------------------------------------
     def mark_changed(self, relpaths: Iterable[str], when: float | None = None) -> None:
@@ -130,21 +138,31 @@ class FileDigestIndex:
                 every = tuple(dict.fromkeys(g for v in self._views for g in v))
                 self._wanted = globs_regex(every)
                 full = True
-            if full or not self._built:
-                self._rescan()
-            else:
-                self._apply(pending)
+            try:
+                if full or not self._built:
+                    self._rescan()
+                else:
+                    self._apply(pending)
+            except DigestStopped:
+                with self._pending_lock:
+                    self._full = True  # the pending changes are only partly applied
+                raise
             view = self._views[globs]
             if view.unreadable:
                 first = min(view.unreadable)
                 return ViewDigest(None, view.count, f"cannot read {first}", seq)
             return ViewDigest(view.total.to_bytes(16, "big"), view.count, seq=seq)
 
-    def changed_during(self, globs: tuple[str, ...], after_seq: int, until: float) -> bool:
+    def changed_during(
+        self, globs: tuple[str, ...], after_seq: int, until: float, *, known_only: bool = False
+    ) -> bool:
         """Whether a file of ``globs``' view changed at or before ``until`` (monotonic)
         but was reported after the digest that included mark ``after_seq``: a job keyed
         by that digest may then have seen other content than its key says. Changes made
-        after ``until`` (the job's end) do not count. Blocking: from a worker thread."""
+        after ``until`` (the job's end) do not count. ``known_only``: count only paths
+        that are files of the view now (a git-ignored file that the job itself wrote and
+        removed does not count; a file changed and changed back does). Blocking: from a
+        worker thread."""
         with self._pending_lock:
             marks = [m for m in self._recent if m[0] > after_seq]
             lost = bool(self._recent) and self._recent[0][0] > after_seq + 1
@@ -158,7 +176,9 @@ class FileDigestIndex:
                 if when > until:
                     continue
                 for rel in rels:
-                    if rel == EVERYTHING or view.regex.match(rel):
+                    if rel == EVERYTHING:
+                        return True
+                    if view.regex.match(rel) and (not known_only or rel in self.files):
                         return True
                     prefix = rel + "/"
                     if any(f.startswith(prefix) for f in self.files):
@@ -171,9 +191,12 @@ class FileDigestIndex:
         now = time.time_ns()
         old_files, fresh = self.files, {}
         wanted, base = self._wanted.match, self._base + "/"
+        stopped = self.stop.is_set
         for rel in list_files(self.root, self.rules):
             if not wanted(rel):
                 continue
+            if stopped():
+                raise DigestStopped(os.fsdecode(self.root))
             path = base + rel
             old = old_files.get(rel)
             if old is not None:
@@ -183,7 +206,7 @@ class FileDigestIndex:
                         continue
                 except OSError:
                     continue  # listed by git, gone from disk
-            entry = digest_file(path, now)
+            entry = digest_file(path, now, self.stop)
             if entry is not None:
                 fresh[rel] = entry
                 self.rehashed += 1
@@ -216,13 +239,13 @@ class FileDigestIndex:
             if old is None:
                 new_candidates.append(rel)
             elif not old.still_valid_for(st):
-                self._replace(rel, digest_file(path, now))
+                self._replace(rel, digest_file(path, now, self.stop))
         wanted = [r for r in new_candidates if r not in self.files and self._wanted.match(r)]
         if wanted and self.rules.respect_gitignore and is_git_worktree(self.root):
             ignored = git_ignored(self.root, wanted)
             wanted = [r for r in wanted if r not in ignored]
         for rel in wanted:
-            self._replace(rel, digest_file(os.path.join(self._base, rel), now))
+            self._replace(rel, digest_file(os.path.join(self._base, rel), now, self.stop))
 
     def _replace(self, rel: str, entry: FileDigest | None) -> None:
         old = self.files.pop(rel, None)
@@ -258,7 +281,9 @@ def _walk_files(path: str, rel: str, rules: IgnoreRules) -> list[str]:
 
 
 def _term(rel: str, entry: FileDigest) -> int:
-    data = os.fsencode(rel) + b"\0" + entry.kind.encode() + (entry.digest or b"?")
+    # The owner's execute bit is content, as for git: ``./check.sh`` runs or is refused.
+    kind = entry.kind.encode() + (b"x" if entry.sig[4] & stat.S_IXUSR else b"-")
+    data = os.fsencode(rel) + b"\0" + kind + (entry.digest or b"?")
     return xxhash.xxh3_128_intdigest(data)
 
 

@@ -15,7 +15,7 @@ import xxhash
 
 from .index import ViewDigest
 
-KEY_FORMAT = 1  # bump when the key's composition changes: old entries simply miss
+KEY_FORMAT = 2  # bump when the key's composition changes: old entries simply miss
 
 
 def settings_fingerprint(script: Any) -> bytes:

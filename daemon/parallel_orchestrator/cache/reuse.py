@@ -8,18 +8,21 @@ worktrees of one commit start one process and three waits.
 A result is stored only when it is the result *of that key*: no watched file of the
 job's worktree may have changed between the key's computation and the job's end. The
 watcher reports a change a little after it happens, so the check waits ``SETTLE_S``
-after the job; then the key computed anew must be the same (a touch or a save of the
-same bytes changes nothing), or else every change reported since the key must have
-been made after the job ended (the next save), as far as the watcher's timestamps tell;
-within ``MARGIN_S`` of the end it counts as during the job. (A file changed *and
-changed back* while the job ran goes unnoticed, as by any build cache that hashes
-inputs.) Without a watcher (``once``) the worktree is listed again and the key must come
-out the same. Every blocking step (hashing, git, disk) runs on one worker thread.
+after the job; then every change reported since the key must have been made after the
+job ended (the next save), as far as the watcher's timestamps tell; within ``MARGIN_S``
+of the end it counts as during the job. When the key computed anew is the same, only
+files the key covers and changes dated ``MARGIN_S`` before the end count (the job may
+write and remove git-ignored files; a touch right after the job is harmless), but a
+file changed *and changed back* during the job does: the job may have read the other
+content (``git stash`` + ``stash pop`` during a run). Without a watcher (``once``) the
+worktree is listed again and the key must come out the same. Every blocking step
+(hashing, git, disk) runs on one worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +33,7 @@ from typing import Any, TypeVar
 
 from ..report.eventlog import get_logger
 from ..store.safe_open import read_regular, write_new
+from .digests import DigestStopped
 from .index import FileDigestIndex
 from .inputkey import input_key
 from .listing import IgnoreRules, ListingError
@@ -42,7 +46,8 @@ CACHE_DIR = "cache"
 # end (its step, at most 50 ms, plus a chunk and the loop's latency).
 SETTLE_S = 0.25
 # The watcher dates a chunk's changes from its step; a change stamped up to this long
-# after the job's end may still have been made before it: counted as during the job.
+# after the job's end may still have been made before it: counted as during the job (and
+# one stamped this long before the end may have been made after it: see ``_unchanged``).
 MARGIN_S = 0.05
 
 
@@ -52,6 +57,7 @@ class JobKey:
 
     value: str
     seq: int
+    index: int = 0  # the serial of the FileDigestIndex that computed it
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class ResultReuse:
         """Keep indexes of these hypotheses; a moved or removed one starts afresh."""
         for hyp in list(self._indexes):
             if paths.get(hyp) != self._indexes[hyp].root:
-                del self._indexes[hyp]
+                self._indexes.pop(hyp).stop.set()
         for hyp, path in paths.items():
             if hyp not in self._indexes:
                 self._indexes[hyp] = FileDigestIndex(path, self.rules)
@@ -95,7 +101,7 @@ class ResultReuse:
         if rules != self.rules:
             self.rules = rules
             roots = {hyp: index.root for hyp, index in self._indexes.items()}
-            self._indexes.clear()
+            self._stop_indexes()
             self.set_worktrees(roots)
         self.store.dir = state_dir / CACHE_DIR
 
@@ -120,6 +126,8 @@ class ResultReuse:
             return None
         try:
             view = await self._blocking(index.view_digest, tuple(script.watch))
+        except DigestStopped:
+            return None  # shutting down, or the worktree went away
         except (ListingError, OSError) as exc:
             self.log.warning(
                 "cache_key_unavailable", hypothesis=hyp, script=script.name, error=str(exc)
@@ -131,7 +139,7 @@ class ResultReuse:
                 "cache_key_unavailable", hypothesis=hyp, script=script.name, error=view.problem
             )
             return None
-        return JobKey(key, view.seq)
+        return JobKey(key, view.seq, index.serial)
 
     async def lookup(self, key: str) -> Hit | None:
         found = await self._blocking(self.store.get, key)
@@ -237,18 +245,28 @@ class ResultReuse:
 
     async def _unchanged(self, key: JobKey, hyp: str, script: Any, ended: float) -> bool:
         index = self._indexes.get(hyp)
-        if index is None:
-            return False
+        if index is None or index.serial != key.index:
+            return False  # a new index (new ignore rules, moved worktree) lacks the marks
         if not self.watched:
             index.invalidate()
             again = await self.key(hyp, script)
             return again is not None and again.value == key.value
         await asyncio.sleep(SETTLE_S)
         again = await self.key(hyp, script)
-        if again is not None and again.value == key.value:
-            return True  # whatever was reported (a touch, a save of the same bytes)
-        # Changed since: fine if every change came after the job's end (the next save).
         globs = tuple(script.watch)
+        if again is not None and again.value == key.value:
+            # The same content now, but a watched file changed *and changed back* during
+            # the job may have been read in between. Only changes dated surely before the
+            # end count here: a touch or a save of the same bytes right after the job
+            # (dated up to half a watcher step early) must not cost the entry.
+            changed = await self._blocking(
+                functools.partial(index.changed_during, known_only=True),
+                globs,
+                key.seq,
+                ended - MARGIN_S,
+            )
+            return not changed
+        # Changed since: fine if every change came after the job's end (the next save).
         changed = await self._blocking(index.changed_during, globs, key.seq, ended + MARGIN_S)
         return not changed
 
@@ -278,10 +296,17 @@ class ResultReuse:
         self.close()
 
     def close(self) -> None:
-        """Let the worker thread go (a scan in progress finishes first)."""
+        """Let the worker thread go; a scan in progress stops at its next file (or next
+        MiB of a large one): the thread is joined at interpreter exit."""
+        self._stop_indexes()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+    def _stop_indexes(self) -> None:
+        for index in self._indexes.values():
+            index.stop.set()
+        self._indexes.clear()
 
     def _entry_problem(self, path: Path, error: str) -> None:
         self.log.warning("cache_entry_unreadable", path=os.fsdecode(path), error=error)

@@ -19,8 +19,10 @@ from ..backends.base import JobBackend, open_backend
 from ..cache.reuse import Hit, ResultReuse, rules_for, write_reused_log
 from ..cache.store import CachedResult
 from ..cache.testresults import report_from, results_of
+from ..jobs.ports import PortBlocks
 from ..jobs.runner import JobOutcome, install_child_watcher
 from ..jobs.spec import make_spec, prepare_run_files, prune_runs
+from ..jobs.tmpdirs import JobTempDirs, temp_base
 from ..repo.worktrees import Worktree
 from ..report.junit import TestReport
 from ..report.safetext import block, one_line
@@ -101,6 +103,10 @@ async def _run_all(
 ) -> list[OnceResult]:
     session = secrets.token_hex(3)
     limit = asyncio.Semaphore(settings.daemon.max_concurrency or await backend.slots())
+    # Side by side as under the daemon: a port block per hypothesis, a temp dir per job.
+    ports = PortBlocks(settings.daemon.port_range)
+    tmpdirs = JobTempDirs(temp_base(os.environ))
+    tmpdirs.open()
     runs_dir = settings.daemon.state_dir / "runs"
     pairs = [(wt, s) for wt in worktrees for s in scripts]
     # An exclusive script's jobs take turns (its lock first, so none holds a slot idle).
@@ -125,6 +131,11 @@ async def _run_all(
                 files = prepare_run_files(runs_dir, wt.id, script.name, job_id, ())
             except OSError:
                 files = None  # an unwritable state dir costs the log, not the run
+            tmpdir = tmpdirs.create(job_id)  # its root is fresh and ours: OSError is a bug
+            extra = {"PO_TMPDIR": os.fsdecode(tmpdir), "TMPDIR": os.fsdecode(tmpdir)}
+            base = ports.base_for(wt.id)
+            if base is not None:
+                extra["PO_PORT_BASE"] = str(base)
             spec = make_spec(
                 wt,
                 script,
@@ -132,11 +143,15 @@ async def _run_all(
                 job_id=job_id,
                 files=files,
                 base_env=os.environ,
+                extra_env=extra,
             )
             if progress is not None:
                 progress.job_started()
             started = time.time()
-            outcome = await backend.run(spec)
+            try:
+                outcome = await backend.run(spec)
+            finally:
+                await tmpdirs.remove(tmpdir)
             found = await asyncio.to_thread(
                 collect_tests, files.junit if files else None, wt.path, script.junit, started
             )
@@ -168,6 +183,7 @@ async def _run_all(
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             progress.close()
+        await tmpdirs.close()
 
 
 def _entry(done: OnceResult, key: str) -> tuple[CachedResult, Path | None]:

@@ -30,13 +30,16 @@ def job_leaders() -> frozenset[int]:
 def reap_orphan_zombies() -> list[int]:
     """Reap exited orphans adopted from jobs; the daemon calls this periodically.
 
-    Skipped while a spawn is in flight: the new leader could be taken for an orphan.
+    Skipped while a spawn is in flight: the new leader could be taken for an orphan. The
+    scan runs under the registry lock: with only a snapshot of the leaders, a job spawned
+    (and exited) during the scan was a zombie no snapshot knew, got reaped here, and its
+    runner's ``poll()`` then read ECHILD as exit 0: a failing job reported ``pass``. A
+    spawn waits for the scan (a read of /proc/<pid>/stat per child of ours).
     """
     with _registry_lock:
         if _spawning:
             return []
-        known = frozenset(_leaders)
-    return janitor.reap_adopted_zombies(known)
+        return janitor.reap_adopted_zombies(frozenset(_leaders))
 
 
 def spawn_starting() -> None:

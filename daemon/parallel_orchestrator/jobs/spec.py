@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,20 @@ def prepare_run_files(
 
 
 def prune_runs(run_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` run logs (and their changed lists) of one hypothesis x script."""
-    logs = sorted(run_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
+    """Keep the newest ``keep`` run logs (and their changed lists) of one hypothesis x script.
+
+    Only regular files count (``lstat``): the job can write in its run folder (its
+    ``{junit}`` report lives there), and one dangling ``*.log`` symlink or ``*.log``
+    folder made every later prune fail, so the folder grew without bound."""
+    found = []
+    for path in run_dir.glob("*.log"):
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue  # gone meanwhile (``once`` prunes the same folders)
+        if stat.S_ISREG(st.st_mode):
+            found.append((st.st_mtime, path))
+    logs = [path for _, path in sorted(found)]
     for old in logs[: max(0, len(logs) - keep)]:
         old.unlink(missing_ok=True)
         old.with_suffix(".changed").unlink(missing_ok=True)
@@ -89,7 +102,10 @@ def make_spec(
     job_id: str,
     files: RunFiles | None,
     base_env: Mapping[str, str],
+    extra_env: Mapping[str, str] | None = None,
 ) -> JobSpec:
+    """``extra_env``: the job's own ``PO_TMPDIR``/``TMPDIR``/``PO_PORT_BASE``; it wins
+    over the script's ``env`` (the design sets ``TMPDIR`` to ``PO_TMPDIR``)."""
     env = dict(base_env)
     env.update(script.env)
     junit = os.fsdecode(files.junit) if files else os.devnull
@@ -102,6 +118,7 @@ def make_spec(
         PO_CHANGED_FILE_Z=os.fsdecode(files.changed_z) if files else os.devnull,
         PO_JUNIT_XML=junit,
     )
+    env.update(extra_env or {})
     return JobSpec(
         argv=tuple(substitute(a, wt, {"junit": junit}) for a in script.command),
         cwd=wt.path / script.cwd if script.cwd else wt.path,

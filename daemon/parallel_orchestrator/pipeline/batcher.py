@@ -100,6 +100,10 @@ class Batcher:
         if not self._pending:
             self._first = self._last = None
 
+    def idle(self) -> bool:
+        """Nothing pending and nothing held: every change added so far has left."""
+        return not self._pending and not self.held
+
     def next_deadline(self, now: float) -> float | None:
         deadlines: list[float] = []
         if self._first is not None and self._last is not None:

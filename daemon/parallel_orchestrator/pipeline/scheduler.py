@@ -116,6 +116,10 @@ class Scheduler:
                 self._hooks.dropped(req, DROP_BUSY)
                 return "ignored"
             slot.rerun = req if slot.rerun is None else slot.rerun.merge(req)
+            # Said at once, not when the rerun is enqueued: a job that has just ended (its
+            # result recorded, its task's done-callback still to come) must not look like
+            # the latest verdict meanwhile (``wait`` reads the status file then).
+            self._hooks.queued(req)
             if self.on_busy == "restart":
                 if not slot.cancelling:
                     slot.cancelling = True

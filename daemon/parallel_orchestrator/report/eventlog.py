@@ -9,9 +9,11 @@ shape is a contract. ``configure_logging`` may be called again (on reload) and
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import MutableMapping
@@ -53,6 +55,26 @@ CONTRACT_EVENTS = frozenset(
 )
 
 
+def open_log_file(path: Path) -> int:
+    """``path`` opened to append (created 0600). A symlink there is followed only if it is
+    ours or root's (/dev/stderr is one): in a shared folder another user could plant one
+    at the name, and with fs.protected_symlinks off a root daemon would append to the
+    file of their choosing. Raises OSError naming the link's owner."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:  # ELOOP for a link (EACCES for another's link in /tmp)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            raise exc from None
+        if not stat.S_ISLNK(st.st_mode):
+            raise
+    if st.st_uid not in (os.geteuid(), 0):
+        raise OSError(errno.ELOOP, f"a symlink owned by another user (uid {st.st_uid})")
+    return os.open(path, flags, 0o600)
+
+
 class JsonLineSink:
     """Writes rendered lines to stdout or to a file that logrotate may move away.
 
@@ -78,7 +100,7 @@ class JsonLineSink:
         assert self._path is not None
         # 0700 like the state dir the log file usually lives in: it names what is tested.
         make_dirs(self._path.parent, 0o700)
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_log_file(self._path)
         st = os.fstat(fd)
         if self._fd is not None:
             os.close(self._fd)

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..backends.base import BackendUnavailable, open_backend
+from ..backends.base import close_within, open_backend
 from ..cache.reuse import ResultReuse, rules_for
 from ..jobs import janitor, ledger
-from ..jobs.runner import install_child_watcher, job_leaders, reap_orphan_zombies
+from ..jobs.runner import install_child_watcher, reap_orphan_zombies
 from ..pipeline.batcher import Batch
 from ..pipeline.scheduler import Scheduler
 from ..repo.worktreeindex import WorktreeIndex, index_worktrees
@@ -44,6 +44,7 @@ from ..states import (
     DAEMON_STOPPING,
     PASS,
 )
+from ..watch.waitmarks import WaitMarkers, marker_folder
 from ..watch.watcher import Watcher, step_for
 from .control import ControlChannel, cell_map
 from .dispatch import dispatch_batch, run_everything
@@ -52,11 +53,12 @@ from .intake import ChangeIntake
 from .jobglue import BoardHooks, JobGlue, path_or_none, report_recovered
 from .notify import Notifier
 from .ownfiles import own_files
+from .reaper import kill_leftovers, reap_periodically
 from .repopresence import RepoPresence
+from .sidebyside import SideBySide
 from .statedir import STATE_DIR_LOST, DaemonError, StateDirLock, tidy_state_dir
 
 REDISCOVER_EVERY_S = 10.0
-REAP_EVERY_S = 2.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -89,6 +91,7 @@ class Daemon:
         self.state_lock = StateDirLock(settings.daemon.state_dir, settings.config_path)
         self.notifier = Notifier(self.env)
         d = settings.daemon
+        self.sidebyside = SideBySide(settings, self.env, lambda: self.log, lambda: self.worktrees)
         self.board = StatusBoard(
             pid=os.getpid(), version=__version__, config_path=settings.config_path
         )
@@ -99,6 +102,8 @@ class Daemon:
             sink=self.notifier,
             before_write=self._refine_daemon_state,
         )
+        self.markers = WaitMarkers(marker_folder(d.state_dir), self.status, lambda: self.log)
+        self.board.doc["daemon"]["wait_dir"] = os.fsdecode(self.markers.folder)
         self.reuse = ResultReuse(d.state_dir, rules_for(settings))
         self.intake = ChangeIntake(
             debounce_s=d.debounce_ms / 1000,
@@ -113,14 +118,14 @@ class Daemon:
             log=lambda: self.log,
             observer=self.reuse,
             own=lambda: own_files(self.settings.daemon),
+            markers=self.markers,
         )
         self.batcher = self.intake.batcher
         self.ledger = ledger.Ledger(d.state_dir / "jobs", self.state_lock.check_before_write)
         ex = settings.executor
-        try:
-            self.backend = open_backend(ex.backend, ex.address, log=lambda: self.log)
-        except BackendUnavailable as exc:
-            raise DaemonError(str(exc)) from exc
+        # BackendUnavailable (distributed missing; at start: scheduler unreachable) is an
+        # OrchestratorError: one line, exit 2.
+        self.backend = open_backend(ex.backend, ex.address, log=lambda: self.log)
         self._slots = d.concurrency  # max_concurrency = 0: the backend's, once started
         self.jobs = JobGlue(
             session=self.session,
@@ -133,6 +138,8 @@ class Daemon:
             jobs_ledger=self.ledger,
             backend=self.backend,
             reuse=self.reuse,
+            extras=self.sidebyside,
+            rerun_due=lambda key: self.scheduler.pending(key),
         )
         self.feedback = FeedbackGuard(lambda: self.log, self.board.process_ended)
         self.repo_presence = RepoPresence(self.board, self.status, lambda: self.log)
@@ -164,6 +171,8 @@ class Daemon:
         if tidied := tidy_state_dir(d.state_dir, d.status_file):
             self.log.info("state_dir_tidied", removed=[os.fsdecode(p) for p in tidied])
         self.control.prepare()  # DaemonError
+        self.sidebyside.open()  # TempDirError / WaitMarkerError: one line, exit 2
+        self.markers.prepare()
         janitor.become_subreaper()
         recovered = ledger.recover(self.jobs_dir)
         await self._start_backend()
@@ -175,6 +184,7 @@ class Daemon:
         previous = load_previous(d.status_file, self.log)
         if previous:
             self.board.adopt_previous(previous)
+        self.sidebyside.seed(self.board.doc)
         report_recovered(recovered, self.board, self.log)
         self.log.info(
             "daemon_started",
@@ -200,6 +210,7 @@ class Daemon:
             if d.run_on_start and self._signals.empty():
                 self._run_everything(list(self.worktrees), reason="start")
             await self.control.start(loop)  # rerun requests, config saves
+            self.intake.settle(sweep=True)
             reason = await self._main_loop()
             code = 1 if reason == STATE_DIR_LOST else 0  # a stop we did not choose
         except Exception as exc:
@@ -212,11 +223,7 @@ class Daemon:
         return code
 
     async def _start_backend(self) -> None:
-        """Connect to where jobs run (a dask scheduler): one line and exit 2 if it cannot."""
-        try:
-            await self.backend.start()
-        except BackendUnavailable as exc:
-            raise DaemonError(str(exc)) from exc
+        await self.backend.start()
         self._slots = await self.backend.slots()
         self.scheduler.set_limits(self._concurrency(self.settings), *self._policy(self.settings))
 
@@ -234,7 +241,7 @@ class Daemon:
             self._on_watcher_restart,
             step_for(self.settings.daemon.debounce_ms, self.env),
         )
-        self.watcher.set_paths(self.index.watch_paths())
+        self.watcher.set_paths(self.markers.with_folder(self.index.watch_paths()))
         self.watcher.start()
         if not await self.watcher.wait_armed(30):
             self.log.warning("watcher_slow_to_arm")
@@ -243,7 +250,7 @@ class Daemon:
         self.notifier.ready()
         self._spawn(self.notifier.run_watchdog())
         self._spawn(self._periodic_rediscover())
-        self._spawn(self._periodic_reap())
+        self._spawn(reap_periodically(lambda: bool(self.scheduler.running), lambda: self.log))
         self._spawn(self._guard_state_dir())
 
     async def _main_loop(self) -> str:
@@ -278,7 +285,8 @@ class Daemon:
         )
         grace = max((s.kill_grace_s for s in self.settings.scripts), default=5.0)
         stuck = await self.scheduler.shutdown(timeout=grace + 1.5)
-        await self._close_backend()
+        await close_within(self.backend, 1.0, self.log)
+        await self.sidebyside.close()
         await watcher_stopped
         if stuck:
             self.log.error("jobs_not_stopped", jobs=[f"{h}/{s}" for h, s in stuck])
@@ -286,7 +294,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         reap_orphan_zombies()
-        await self._kill_leftovers("shutdown")
+        await kill_leftovers("shutdown", lambda: bool(self.scheduler.running), lambda: self.log)
         self.board.set_daemon_state(DAEMON_STOPPED)
         self.status.flush()
         self.status.close()
@@ -294,16 +302,6 @@ class Daemon:
         await self.reuse.aclose()
         self.log.info("daemon_stopped", reason=reason)
         self.state_lock.release()
-
-    async def _close_backend(self) -> None:
-        # Its jobs have ended; what is left is a connection (or an in-process cluster,
-        # whose worker processes die with us anyway): do not let it hold up the exit.
-        try:
-            await asyncio.wait_for(self.backend.close(), 1.0)
-        except TimeoutError:
-            self.log.warning("executor_close_slow", backend=self.backend.name)
-        except Exception as exc:  # shutdown goes on: the jobs are over, the log says why
-            self.log.warning("executor_close_failed", backend=self.backend.name, error=str(exc))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -351,7 +349,7 @@ class Daemon:
             [s.name for s in self.settings.scripts],
         )
         if self.watcher is not None:
-            self.watcher.set_paths(self.index.watch_paths())
+            self.watcher.set_paths(self.markers.with_folder(self.index.watch_paths()))
         if not initial:
             self.status.write()
             if added and self.settings.daemon.run_on_start:
@@ -380,7 +378,8 @@ class Daemon:
         if self.watcher is not None:
             known = {os.fsdecode(wt.path) for wt in self.worktrees.values()}
             fresh = [os.fsdecode(wt.path) for wt in found if os.fsdecode(wt.path) not in known]
-            rearmed = bool(fresh) and self.watcher.set_paths(self.index.watch_paths() + fresh)
+            paths = self.markers.with_folder(self.index.watch_paths()) + fresh
+            rearmed = bool(fresh) and self.watcher.set_paths(paths)
             if rearmed and not await self.watcher.wait_armed(30):
                 self.log.warning("watcher_slow_to_arm", paths=fresh)
         self._set_worktrees(found)
@@ -395,12 +394,6 @@ class Daemon:
             self._rediscover_requested.clear()
             await self.rediscover()
 
-    async def _periodic_reap(self) -> None:
-        while True:
-            await asyncio.sleep(REAP_EVERY_S)
-            reap_orphan_zombies()
-            await self._kill_leftovers("idle")
-
     async def _guard_state_dir(self) -> None:
         """Keep ``daemon.lock`` guarding the state dir; stop if it cannot (``statedir``)."""
         reason = await self.state_lock.watch(lambda: self.log, self._state_dir_restored)
@@ -414,21 +407,6 @@ class Daemon:
         except OSError as exc:
             self.jobs.ledger_failed(exc)
         self.status.write()
-
-    async def _kill_leftovers(self, when: str) -> None:
-        """Kill adopted children that no job accounts for, once no job runs.
-
-        An escapee that both cleared its environment (no PO_JOB_ID marker) and left its
-        job's session cannot be attributed to a job, so no job's sweep kills it; but as
-        subreaper we still hold it as a child. With nothing running (checked without an
-        await before each pass of the kill, so no leader can be mid-spawn) every such child
-        is a leftover. The daemon's own helpers (git) share its session and are spared.
-        """
-        if self.scheduler.running or not janitor.is_subreaper():
-            return
-        killed = await janitor.sweep_unattributed(job_leaders, lambda: not self.scheduler.running)
-        if killed:
-            self.log.warning("escapees_killed", pids=killed, when=when)
 
     # == changes ==========================================================================
     def _on_watcher_restart(self, reason: str) -> None:
@@ -485,6 +463,7 @@ class Daemon:
             self.watcher.set_step(step_for(d.debounce_ms, self.env))
         self.intake.set_ignore(new.worktrees.ignore)
         self.reuse.set_rules(rules_for(new), d.state_dir)
+        self.sidebyside.reload(new)
         self.scheduler.set_limits(self._concurrency(new), *self._policy(new))
         if new.executor != old.executor:
             self.log.warning("executor_change_needs_restart", kept=old.executor.backend)

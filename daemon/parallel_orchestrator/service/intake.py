@@ -19,6 +19,8 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from watchfiles import Change
+
 from ..pipeline.batcher import Batch, Batcher
 from ..repo.filters import (
     GitCheckIgnoreError,
@@ -27,6 +29,7 @@ from ..repo.filters import (
     GlobIgnoreFilter,
 )
 from ..repo.worktreeindex import WorktreeIndex
+from ..watch.waitmarks import WaitMarkers
 from ..watch.watcher import Chunk
 from .ownfiles import OwnFiles
 
@@ -45,8 +48,10 @@ class ChangeIntake:
     ``index`` gives the current ``WorktreeIndex`` (replaced when worktrees change);
     ``spawn`` runs a coroutine as a task the daemon owns (cancelled at shutdown);
     ``respect_gitignore`` and ``log`` are callables because a reload may change them;
-    ``rediscover`` asks the daemon to list the worktrees again; ``own`` gives the
-    daemon's own files (a reload may move them).
+    ``rediscover`` asks the daemon to list the worktrees again. ``markers``: the
+    ``wait`` markers, taken out of every chunk (never a change to test) and settled
+    whenever the intake may have become ``quiet``. ``own`` gives the daemon's own files
+    (a reload may move them).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class ChangeIntake:
         rediscover: Callable[[], None],
         log: Callable[[], Any],
         observer: ChangeObserver | None = None,
+        markers: WaitMarkers | None = None,
         own: Callable[[], OwnFiles] = OwnFiles,
     ) -> None:
         self._observer = observer
@@ -77,6 +83,7 @@ class ChangeIntake:
         self._respect_gitignore = respect_gitignore
         self._rediscover = rediscover
         self._log = log
+        self._markers = markers
         self._oracles: dict[str, GitIgnoreOracle] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -102,12 +109,37 @@ class ChangeIntake:
     def _ignored(self, rel: str) -> bool:
         return self._git_filter.ignored(rel) or self._glob_filter.ignored(rel)
 
+    @property
+    def quiet(self) -> bool:
+        """Every change seen so far has left: batched (its jobs queued) or dropped."""
+        return not self._admitting and self.batcher.idle()
+
+    def settle(self, sweep: bool = False) -> None:
+        """The intake may have become ``quiet``: the wait markers seen may be answered.
+        ``sweep``: first take the markers already in the folder (placed before the watch
+        was armed)."""
+        if self._markers is not None:
+            if sweep:
+                self._markers.sweep()
+            self._markers.settle(self.quiet)
+
+    def _take_markers(self, changes: set[tuple[int, str]]) -> set[tuple[int, str]]:
+        markers = self._markers
+        if markers is None or not any(markers.owns(path) for _change, path in changes):
+            return changes
+        for change, path in changes:
+            if markers.owns(path) and change != Change.deleted:
+                markers.seen(path)
+        return {(c, p) for c, p in changes if not markers.owns(p)}
+
     def on_chunk(self, chunk: Chunk) -> None:
         """The watcher's callback (on the loop): one chunk of raw changes."""
         stream_ended = self.batcher.streaming and not chunk.streaming
         self.batcher.streaming = chunk.streaming
-        # The daemon's state dir, status and log files are never a change (ownfiles.py).
-        seen = self._index().classify(self._own().drop_from(chunk.changes), self._ignored)
+        # Wait markers first (they live in the state dir), then the daemon's own files:
+        # the state dir, status and log files are never a change (ownfiles.py).
+        changes = self._own().drop_from(self._take_markers(chunk.changes))
+        seen = self._index().classify(changes, self._ignored)
         for hyp in seen.released:
             self.batcher.lock_released(hyp)
         for hyp in seen.gitignore_touched:
@@ -124,6 +156,7 @@ class ChangeIntake:
             self.add(hyp, rels, chunk.first, chunk.last, seen.created.get(hyp, set()))
         if seen.changed or stream_ended:
             self.arm()
+        self.settle()
 
     # -- gitignore oracles, one per worktree ------------------------------------------
     def track(self, hyp: str, path: Path) -> None:
@@ -175,6 +208,7 @@ class ChangeIntake:
             if not self._admitting:
                 force, self._force_after_admit = self._force_after_admit, False
                 self.arm(force=force)
+                self.settle()
 
     # -- the batch timer ----------------------------------------------------------------
     def arm(self, force: bool = False) -> None:
@@ -204,6 +238,7 @@ class ChangeIntake:
         for batch in self.batcher.close_due(now):
             self._dispatch(batch)
         self.arm()
+        self.settle()
 
     def close(self) -> None:
         """Shutdown: no more batches."""

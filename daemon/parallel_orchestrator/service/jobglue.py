@@ -42,8 +42,9 @@ from ..report.testcollect import (
     record_results,
 )
 from ..settings.loader import ScriptSettings, Settings
-from ..states import CANCELLED, ERROR, OUTPUT_TAIL_BYTES, PASS, RUNNING
+from ..states import CANCELLED, ERROR, OUTPUT_TAIL_BYTES, PASS, QUEUED, RUNNING
 from ..store.safe_open import open_regular
+from .sidebyside import SideBySide
 
 TAIL_BYTES = OUTPUT_TAIL_BYTES
 
@@ -80,7 +81,9 @@ class JobGlue:
     """Runs scheduler requests as jobs and records them (the scheduler's ``run`` callable).
 
     ``settings`` and ``log`` are callables: a reload replaces both. ``worktree`` looks a
-    hypothesis up in the daemon's current set (None once it went away).
+    hypothesis up in the daemon's current set (None once it went away). ``extras`` gives
+    each job its PO_TMPDIR/PO_PORT_BASE and hears of each result (hooks); ``rerun_due``
+    says whether the scheduler holds another run of a cell.
     """
 
     def __init__(
@@ -94,8 +97,10 @@ class JobGlue:
         log: Callable[[], Any],
         env: dict[str, str],
         jobs_ledger: ledger.Ledger,
+        extras: SideBySide,
         backend: JobBackend | None = None,
         reuse: ResultReuse | None = None,
+        rerun_due: Callable[[tuple[str, str]], bool] = lambda _key: False,
     ) -> None:
         self._ledger = jobs_ledger
         self._backend: JobBackend = backend or LocalBackend()
@@ -107,6 +112,8 @@ class JobGlue:
         self._writer = writer
         self._log = log
         self._env = env
+        self._extras = extras
+        self._rerun_due = rerun_due
         self._job_ids = 0
 
     @property
@@ -150,8 +157,15 @@ class JobGlue:
         ticket: _Ticket | None,
     ) -> None:
         files = self._run_files(wt, script, job_id, req.changed)
+        extra_env, tmpdir = self._extras.job_env(wt.id, job_id)
         spec = make_spec(
-            wt, script, batch_id=req.batch_id, job_id=job_id, files=files, base_env=self._env
+            wt,
+            script,
+            batch_id=req.batch_id,
+            job_id=job_id,
+            files=files,
+            base_env=self._env,
+            extra_env=extra_env,
         )
         job = _Job(req, wt, script, job_id, spec.log_path, list(spec.argv))
         started_wall = time.time()
@@ -195,6 +209,10 @@ class JobGlue:
                 self._ledger.remove(job.job_id)
             except OSError as exc:
                 self.ledger_failed(exc)
+        try:
+            await self._extras.cleanup(job_id, tmpdir)  # the job's processes are gone
+        except asyncio.CancelledError:
+            cancelled = True  # cancelled while its temp folder goes: it still goes (thread)
         tests = None if cancelled else await self._read_tests(job, files, started_wall)
         worker = worker_box[0] if worker_box else None
         self._finished(job, outcome, worker, tests, cached_from="" if ticket else None)
@@ -412,10 +430,13 @@ class JobGlue:
             tail = (tail + ("\n" if tail else "") + outcome.error_message)[-TAIL_BYTES:]
         duration = round(outcome.duration_s, 3)
         log_path = path_or_none(job.log_path)
+        # Another run of this cell is due (a restart, or on_busy = "queue"): the cell says
+        # "queued", so no reader (``wait``) takes this result for the latest one.
+        due = self._rerun_due((job.wt.id, job.script.name))
         self._board.update(
             job.wt.id,
             job.script.name,
-            state=outcome.result,
+            state=QUEUED if due else outcome.result,
             last_result=outcome.result,
             exit_code=outcome.exit_code,
             duration_s=duration,
@@ -453,6 +474,9 @@ class JobGlue:
         level = "info" if outcome.result in (PASS, CANCELLED) else "warning"
         # After the status write that shows the result, as for job_started.
         self._writer.write_then(partial(getattr(self._log(), level), "job_finished", **fields))
+        self._extras.finished(
+            job.wt.id, job.script.name, outcome.result, job.job_id, fields["tests"]
+        )
 
     def _prune(self, job: _Job) -> None:
         """Keep the newest ``keep_runs`` logs: at most keep_runs + 1 files to stat, one to go."""
