@@ -49,7 +49,8 @@ class StatusFile(Protocol):
 
     error: str  # "" after a write that succeeded
 
-    def write(self) -> None: ...
+    def flush(self) -> None:
+        """Write now (writes are otherwise coalesced): on disk before a marker goes."""
 
 
 class WaitMarkers:
@@ -117,7 +118,7 @@ class WaitMarkers:
         if not self._pending or not quiet:
             return
         if self._status is not None:
-            self._status.write()
+            self._status.flush()
             if self._status.error:
                 return
         for error in self.acknowledge():
