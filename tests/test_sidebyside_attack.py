@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_until
+from harness import wait_until, write_config
 from parallel_orchestrator.commands import waiter
 from test_sidebyside_e2e import Side, finished, side  # noqa: F401  (fixture)
 
@@ -101,3 +101,22 @@ def test_wait_sees_the_stop_even_between_its_liveness_checks(
     d.stop()
     thread.join(60)
     assert len(outcome) == 1 and isinstance(outcome[0], waiter.NoDaemon), outcome
+
+
+def test_a_wait_folder_that_is_a_symlink_is_refused(side: Side) -> None:  # noqa: F811
+    """wait/ swapped for a link elsewhere: the daemon would watch that folder and delete
+    the ``*.wait`` files in it. Refused at start like the state dir's other folders."""
+    write_config(side.cfg, side.repo, [side.check()])
+    elsewhere = side.root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "theirs.wait").write_text("not the daemon's")
+    state = side.cfg.parent / "state"
+    state.mkdir(mode=0o700)
+    (state / "wait").symlink_to(elsewhere)
+    cmd = [sys.executable, "-m", "parallel_orchestrator", "run", "-c", os.fsdecode(side.cfg)]
+    try:
+        res = subprocess.run(cmd, cwd=side.root, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the daemon ran with wait/ a symlink")
+    assert res.returncode != 0 and "wait/" in res.stderr, res.stderr
+    assert (elsewhere / "theirs.wait").read_text() == "not the daemon's"
