@@ -97,3 +97,47 @@ def test_status_watch_exits_cleanly_when_its_pty_is_closed(
 def _read_some(fd: int) -> bytes:
     ready, _, _ = select.select([fd], [], [], 0.1)
     return os.read(fd, 65536) if ready else b""
+
+
+def test_requests_folder_swapped_for_a_symlink_while_running_deletes_nothing_there(
+    tmp_path: Path,
+) -> None:
+    """requests/ replaced by a link while the daemon runs, then a rescan (a config link
+    retargeted re-arms the watch): the daemon removes every file it scans, so it must
+    not scan through the link."""
+    repo, _trees = make_repo(tmp_path)
+    state, log = tmp_path / "cfg" / "state", tmp_path / "cfg" / "daemon.log"
+    real_a = write_config(
+        tmp_path / "a" / "config.toml", repo, SCRIPTS, state_dir=str(state), log_file=str(log)
+    )
+    real_b = write_config(
+        tmp_path / "b" / "config.toml",
+        repo,
+        SCRIPTS,
+        state_dir=str(state),
+        log_file=str(log),
+        debounce_ms=60,
+    )
+    config = tmp_path / "cfg" / "config.toml"
+    config.parent.mkdir()
+    os.symlink(real_a, config)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        keep = elsewhere / "notes.txt"
+        keep.write_text("precious")
+        request = elsewhere / "1-0000000a.json"
+        request.write_text(json.dumps({"version": 1, "targets": [], "failed": False}))
+        (state / "requests").rmdir()
+        os.symlink(elsewhere, state / "requests")
+        os.symlink(real_b, tmp_path / "cfg" / ".link")
+        os.replace(tmp_path / "cfg" / ".link", config)
+        daemon.wait_event("config_reloaded")
+        daemon.wait_event("rerun_request_invalid")
+        assert keep.read_text() == "precious"
+        assert request.exists()
+        assert not [e for e in daemon.events("batch_formed") if e.get("reason") == "manual"]
+    finally:
+        daemon.stop()
