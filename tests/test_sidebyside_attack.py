@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from harness import wait_until
+from harness import wait_until, write_config
 from parallel_orchestrator.commands import waiter
 from test_sidebyside_e2e import Side, finished, side  # noqa: F401  (fixture)
 
@@ -101,3 +104,47 @@ def test_wait_sees_the_stop_even_between_its_liveness_checks(
     d.stop()
     thread.join(60)
     assert len(outcome) == 1 and isinstance(outcome[0], waiter.NoDaemon), outcome
+
+
+def test_a_wait_folder_that_is_a_symlink_is_refused(side: Side) -> None:  # noqa: F811
+    """wait/ swapped for a link elsewhere: the daemon would watch that folder and delete
+    the ``*.wait`` files in it. Refused at start like the state dir's other folders."""
+    write_config(side.cfg, side.repo, [side.check()])
+    elsewhere = side.root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "theirs.wait").write_text("not the daemon's")
+    state = side.cfg.parent / "state"
+    state.mkdir(mode=0o700)
+    (state / "wait").symlink_to(elsewhere)
+    cmd = [sys.executable, "-m", "parallel_orchestrator", "run", "-c", os.fsdecode(side.cfg)]
+    try:
+        res = subprocess.run(cmd, cwd=side.root, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the daemon ran with wait/ a symlink")
+    assert res.returncode != 0 and "wait/" in res.stderr, res.stderr
+    assert (elsewhere / "theirs.wait").read_text() == "not the daemon's"
+
+
+def test_exclusive_jobs_restarted_by_edits_never_overlap(side: Side) -> None:  # noqa: F811
+    """on_busy = restart cancels a running exclusive job: its successor (or another
+    hypothesis's job) must not start before the cancelled one has ended."""
+    d = side.start(
+        [side.probe("db", "sleep", "0.6", exclusive=True, watch=["src/*.py"])],
+        on_busy="restart",
+        debounce_ms=20,
+    )
+    hyps = ["hyp-1", "hyp-2"]
+    for i in range(6):
+        for hyp in hyps:
+            (side.trees[hyp] / "src" / "app.py").write_text(f"GOOD {i}\n")
+        time.sleep(0.25)  # edits while the previous ones run: restarts
+    started = len(d.events("job_started"))
+    ended = {
+        e["job_id"]: datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+        for e in d.wait_event("job_finished", count=started)
+    }
+    # a cancelled job never wrote its end: it ended at the latest when the daemon said so
+    spans = sorted((r["start"], r.get("end") or ended[r["job"]]) for r in side.records())
+    results = [e["result"] for e in d.events("job_finished")]
+    assert "cancelled" in results and len(spans) >= 2, results  # restarts did happen
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans

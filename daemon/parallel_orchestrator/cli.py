@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import codecs
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -404,6 +405,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _watch_with_keys(path: Path, state_dir: Path, **style: bool) -> None:
+    """``status --watch`` until ``q``, Ctrl-C or its terminal closes under it (writes
+    then fail with EIO: the watch ends like a closed pipe, without a traceback)."""
+    try:
+        _watch_until_stopped(path, state_dir, **style)
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _watch_until_stopped(path: Path, state_dir: Path, **style: bool) -> None:
     """``status --watch``; with a terminal on stdin, keys too (a, f, q; see watchkeys)."""
     import threading
 

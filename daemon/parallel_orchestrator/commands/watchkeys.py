@@ -92,7 +92,9 @@ class WatchKeys:
             yield self
         finally:
             self._done.set()
-            termios.tcsetattr(self._fd, termios.TCSADRAIN, saved)
+            # A terminal closed under us (EIO) has nothing left to give back.
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(self._fd, termios.TCSADRAIN, saved)
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
 

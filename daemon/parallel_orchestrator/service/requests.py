@@ -39,6 +39,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_TARGETS = 1000
 MAX_TARGET_CHARS = 512
 STALE_TEMP_S = 60.0  # a temp file this old is a writer that died mid-write
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
 class RequestInvalid(OrchestratorError):
@@ -139,6 +140,7 @@ class RequestInbox:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._unremovable: set[str] = set()  # warned about once, not at every scan
+        self._refused_folder = False  # a link in the folder's place: said once
 
     def prepare(self) -> None:
         """Create the folder, owner-only; raises OSError."""
@@ -147,11 +149,28 @@ class RequestInbox:
     def collect(self) -> list[tuple[str, RerunRequest | str]]:
         """Take every request in the folder, oldest first: (file name, request), or
         (file name, why it was rejected) for a file that is no valid request. Every
-        file returned has been removed (or could not be, said once)."""
+        file returned has been removed (or could not be, said once).
+
+        The folder is opened without following a link and scanned through that
+        descriptor: everything scanned is removed, so a link put in the folder's place
+        (while the daemon runs) must not lead the scan into a folder of files to keep."""
         try:
-            entries = sorted(os.scandir(self.folder), key=lambda e: e.name)
+            dir_fd = os.open(self.folder, _FOLDER_FLAGS)
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            if self._refused_folder:
+                return []
+            self._refused_folder = True
+            why = "a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+            return [(f"{REQUESTS_DIR}/", f"not the daemon's own folder ({why}): nothing taken")]
+        try:
+            return self._collect_in(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _collect_in(self, dir_fd: int) -> list[tuple[str, RerunRequest | str]]:
+        entries = sorted(os.scandir(dir_fd), key=lambda e: e.name)
         taken: list[tuple[str, RerunRequest | str]] = []
         now = time.time()
         for entry in entries:
@@ -160,17 +179,17 @@ class RequestInbox:
             if TEMP_NAME_RE.fullmatch(entry.name):
                 if self._stale(entry, now):
                     taken.append((entry.name, "a writer's temp file left behind"))
-                    self._remove(entry)
+                    self._remove(entry, dir_fd)
                 continue  # being written: its rename brings it back
-            taken.append((entry.name, self._take(entry)))
+            taken.append((entry.name, self._take(entry, dir_fd)))
         return taken
 
-    def _take(self, entry: os.DirEntry[str]) -> RerunRequest | str:
+    def _take(self, entry: os.DirEntry[str], dir_fd: int) -> RerunRequest | str:
         try:
             if not REQUEST_NAME_RE.fullmatch(entry.name):
                 return "not a request file name"
             try:
-                data = read_regular(Path(entry.path), MAX_REQUEST_BYTES + 1)
+                data = read_regular(Path(entry.name), MAX_REQUEST_BYTES + 1, dir_fd=dir_fd)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     return "a symlink"
@@ -182,7 +201,7 @@ class RequestInbox:
             except RequestInvalid as exc:
                 return str(exc)
         finally:
-            self._remove(entry)
+            self._remove(entry, dir_fd)
 
     @staticmethod
     def _stale(entry: os.DirEntry[str], now: float) -> bool:
@@ -190,13 +209,13 @@ class RequestInbox:
             return now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S
         return False
 
-    def _remove(self, entry: os.DirEntry[str]) -> None:
+    def _remove(self, entry: os.DirEntry[str], dir_fd: int) -> None:
         try:
             mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISDIR(mode):
-                os.rmdir(entry.path)
+                os.rmdir(entry.name, dir_fd=dir_fd)
             else:
-                os.unlink(entry.path)
+                os.unlink(entry.name, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
         except OSError:

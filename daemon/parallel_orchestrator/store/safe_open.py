@@ -51,19 +51,22 @@ def _checked(fd: int, path: Path) -> int:
     return fd
 
 
-def open_regular(path: Path, *, follow: bool = False) -> int:
+def open_regular(path: Path, *, follow: bool = False, dir_fd: int | None = None) -> int:
     """A read-only descriptor of ``path``, which must be a regular file and no symlink
-    (``follow``: a symlink to one is fine; for paths a person named on the command line).
+    (``follow``: a symlink to one is fine; for paths a person named on the command line;
+    ``dir_fd``: ``path`` is relative to that open folder).
 
     Raises OSError (``ELOOP`` for a symlink on Linux, ``NotRegularFile`` otherwise).
     """
     flags = _READ_FLAGS & ~_NOFOLLOW if follow else _READ_FLAGS
-    return _checked(os.open(path, flags), path)
+    return _checked(os.open(path, flags, dir_fd=dir_fd), path)
 
 
-def read_regular(path: Path, limit: int | None = None, *, follow: bool = False) -> bytes:
+def read_regular(
+    path: Path, limit: int | None = None, *, follow: bool = False, dir_fd: int | None = None
+) -> bytes:
     """The content of a regular file (``open_regular``), at most ``limit`` bytes."""
-    fd = open_regular(path, follow=follow)
+    fd = open_regular(path, follow=follow, dir_fd=dir_fd)
     try:
         chunks: list[bytes] = []
         left = limit

@@ -16,8 +16,9 @@ from pathlib import Path
 
 # The state dir's subfolders of records: runs/ (logs), jobs/ (crash ledger), cache/ and
 # results/ (entries read back at start and by the reading commands), requests/ (what
-# ``rerun`` asks the daemon to run).
-STATE_SUBDIRS = ("runs", "jobs", "cache", "results", "requests")
+# ``rerun`` asks the daemon to run), wait/ (markers of ``wait``, watched and deleted by
+# the daemon).
+STATE_SUBDIRS = ("runs", "jobs", "cache", "results", "requests", "wait")
 
 
 def _folder_problem(folder: Path, label: str, st: os.stat_result) -> str:
