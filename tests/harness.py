@@ -98,7 +98,10 @@ def wait_until(
 class DaemonProcess:
     """``python -m parallel_orchestrator run -c <config>`` with its log and status files."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, prefix: Iterable[str] = ()
+    ) -> None:
+        """``prefix``: words run before python (``setpriv ... --`` to drop a capability)."""
         self.config = config
         self.folder = config.parent
         self.log_path = self.folder / "daemon.log"
@@ -106,7 +109,11 @@ class DaemonProcess:
         self.stderr_path = self.folder / "daemon.stderr"
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "parallel_orchestrator", "run", "-c", os.fsdecode(config)],
+            [
+                *prefix,
+                sys.executable,
+                *("-m", "parallel_orchestrator", "run", "-c", os.fsdecode(config)),
+            ],
             cwd=self.folder,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,

@@ -4,12 +4,19 @@ Every worktree ``git worktree list`` reports is a hypothesis (the main one inclu
 the configured extra ``paths``. Discovery runs at start and whenever the daemon suspects
 the set changed, so it must be cheap, never block the event loop (``discover_async``) and
 treat half-removed worktrees (folder gone, git not yet pruned) as removed.
+
+A worktree nobody can look into right now is not a removed one: ``chmod 000`` on it (or
+on its parent) makes git call it prunable and ``isdir`` say no, for as long as the mode
+lasts. Dropping it then lost the edit made right after the mode came back (the watch was
+gone, and only the next periodic round re-added it). So a worktree in ``known`` (the
+ones being served) whose folder cannot be examined for lack of permission is kept; it
+goes only when its folder is really gone.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -56,12 +63,15 @@ def discover(settings: WorktreeSettings, *, strict: bool = False) -> list[Worktr
     return _assemble(settings, entries, strict=strict)
 
 
-async def discover_async(settings: WorktreeSettings, *, strict: bool = False) -> list[Worktree]:
-    """``discover`` without blocking the event loop on git."""
+async def discover_async(
+    settings: WorktreeSettings, *, strict: bool = False, known: Collection[Path] = ()
+) -> list[Worktree]:
+    """``discover`` without blocking the event loop on git. ``known``: the worktree paths
+    being served, kept while a permission hides them (see the module's docstring)."""
     entries: list[_GitEntry] = []
     if settings.repo is not None:
         entries = _parse_porcelain(await _run_git_async(settings.repo))
-    return _assemble(settings, entries, strict=strict)
+    return _assemble(settings, entries, strict=strict, known=known)
 
 
 _LIST_ARGS = ("worktree", "list", "--porcelain", "-z")
@@ -127,15 +137,19 @@ def _entry(lines: list[bytes]) -> _GitEntry:
 
 
 def _assemble(
-    settings: WorktreeSettings, entries: Iterable[_GitEntry], *, strict: bool
+    settings: WorktreeSettings,
+    entries: Iterable[_GitEntry],
+    *,
+    strict: bool,
+    known: Collection[Path] = (),
 ) -> list[Worktree]:
     found: list[Worktree] = []
     seen_paths: set[Path] = set()
     for position, entry in enumerate(entries):
-        if entry.bare or entry.prunable or not entry.path:
+        if entry.bare or not entry.path:
             continue
         raw = os.fsdecode(entry.path)
-        if not os.path.isdir(raw):
+        if (entry.prunable or not os.path.isdir(raw)) and not _hidden_known(raw, known):
             continue  # removed but not yet pruned: counts as removed
         path = Path(os.path.realpath(raw))
         if path in seen_paths:
@@ -151,7 +165,7 @@ def _assemble(
             )
         )
     for extra in settings.paths:
-        if not os.path.isdir(extra):
+        if not os.path.isdir(extra) and not _hidden_known(os.fsdecode(extra), known):
             if strict:
                 reason = "does not exist" if not os.path.lexists(extra) else "is not a directory"
                 raise WorktreeError(f"{_show(extra)}: extra worktree path {reason}")
@@ -166,6 +180,21 @@ def _assemble(
     selected = [wt for wt in found if _selected(wt.id, settings.include, settings.exclude)]
     _reject_duplicate_ids(selected)
     return selected
+
+
+def _hidden_known(raw: str, known: Collection[Path]) -> bool:
+    """Whether ``raw`` is a served worktree that only a permission hides (its folder, or
+    the ``.git`` git looks for in it, answers EACCES/EPERM), as opposed to one gone."""
+    if not known or Path(os.path.realpath(raw)) not in known:
+        return False
+    for probe in (raw, os.path.join(raw, ".git")):
+        try:
+            os.lstat(probe)
+        except PermissionError:
+            return True
+        except OSError:
+            return False
+    return False
 
 
 def _selected(ident: str, include: Iterable[str], exclude: Iterable[str]) -> bool:

@@ -41,6 +41,7 @@ NOTABLE_EVENTS = frozenset(
         "config_invalid",
         "worktree_added",
         "worktree_removed",
+        "worktree_unreadable",
         "junit_unreadable",
         "job_recovered",
         "status_write_failed",

@@ -240,6 +240,7 @@ class Daemon:
             self.intake.on_chunk,
             self._on_watcher_restart,
             step_for(self.settings.daemon.debounce_ms, self.env),
+            on_unwatchable=self._on_unwatchable,
         )
         self.watcher.set_paths(self.markers.with_folder(self.index.watch_paths()))
         self.watcher.start()
@@ -360,7 +361,8 @@ class Daemon:
 
     async def rediscover(self) -> None:
         async with self._discovery_lock:
-            found = await self.repo_presence.discover(self.settings.worktrees)
+            served = [wt.path for wt in self.worktrees.values()]
+            found = await self.repo_presence.discover(self.settings.worktrees, served)
             if found is None:
                 return
             # The branch counts too: a `git checkout` in a worktree must reach the status
@@ -412,6 +414,9 @@ class Daemon:
     def _on_watcher_restart(self, reason: str) -> None:
         self.log.warning("watcher_restarted", reason=reason)
         self.reuse.invalidate()  # changes may have been missed: relist before the next key
+
+    def _on_unwatchable(self, path: str, error: str) -> None:
+        self.log.warning("worktree_unreadable", path=path, error=error)
 
     def _dispatch_batch(self, batch: Batch) -> None:
         submit = self.feedback.gate(batch, self.scheduler.submit)

@@ -11,7 +11,7 @@ are logged when their message changes, not on every retry.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,13 @@ class RepoPresence:
         self._last_error = ""
         board.doc["daemon"]["repo_state"] = REPO_OK
 
-    async def discover(self, settings: WorktreeSettings) -> list[Worktree] | None:
-        """The worktrees, or None (the failure said as above) when they cannot be listed."""
+    async def discover(
+        self, settings: WorktreeSettings, known: Collection[Path] = ()
+    ) -> list[Worktree] | None:
+        """The worktrees, or None (the failure said as above) when they cannot be listed.
+        ``known``: the paths being served (``worktrees.discover_async``)."""
         try:
-            found = await discover_async(settings)
+            found = await discover_async(settings, known=known)
         except WorktreeError as exc:
             self.failed(settings.repo, str(exc))
             return None

@@ -13,7 +13,8 @@ file name and reports it on every later call) the instance is useless. We then b
 new one, report ``watcher_restarted``, and recover the offending path from the error
 text (``rusterrors``) so that change is not lost. The root that held the path is then
 stat-polled for a hold-down that doubles on each repeat, and roots whose own name is not
-UTF-8 are always polled (``polling``; see docs/reliability.md). Chunks and their
+UTF-8 are always polled (``polling``; see docs/reliability.md). A root it cannot read
+is left out of the arm and taken in once readable (``hiddenroots``). Chunks and their
 ``watchfiles.Change`` values are defined in ``chunk``.
 """
 
@@ -30,6 +31,7 @@ from watchfiles import Change
 from watchfiles._rust_notify import RustNotify, WatchfilesRustInternalError
 
 from .chunk import Changes, Chunk, changes_from_rust
+from .hiddenroots import HiddenRoots
 from .polling import POLL_MIN_MS, PollFallback, changed_since
 from .rusterrors import undecodable_path
 
@@ -51,6 +53,9 @@ HEALTHY_AFTER_S = 1.0
 # After a failure, files changed since (failure time - this) are reported as modified:
 # mtimes are coarser than our clock.
 RECOVERY_SLACK_S = 1.0
+# The same for a root a permission hid: the moment it was found hidden is known to the
+# millisecond, so only the kernel's coarse timestamp clock needs a margin.
+HIDDEN_SLACK_S = 0.1
 # inotify only watches a new folder once it has seen it created: files written into it
 # before that are never reported (``mkdir -p a/b && touch a/b/c``, a checkout creating a
 # package). So a created folder is listed and its contents count as created too, up to
@@ -91,6 +96,18 @@ def expand_new_dirs(changes: Changes) -> Changes:
     return out
 
 
+def _may_exist(path: str) -> bool:
+    """Not known to be gone: a root behind a folder we cannot search is kept for
+    ``HiddenRoots`` to hold (``os.path.exists`` says False to both)."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 @dataclass
 class _WatchState:
     """The watch thread's state from one watch call to the next."""
@@ -114,10 +131,15 @@ class Watcher:
         on_restart: Callable[[str], None],
         step_ms: int,
         chunk_ms: int | None = None,
+        on_unwatchable: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``on_restart(reason)``: re-armed after changes may have been missed;
+        ``on_unwatchable(root, why)``: a root cannot be read, so it is not watched until
+        it can (then ``on_restart`` says so and what changed there is recovered)."""
         self._loop = loop
         self._on_chunk = on_chunk
         self._on_restart = on_restart
+        self._on_unwatchable = on_unwatchable
         self.step_ms = step_ms
         self.chunk_ms = chunk_ms or max(4 * step_ms, 20)
         self._paths: tuple[str, ...] = ()
@@ -128,6 +150,7 @@ class Watcher:
         self._lock = threading.Lock()
         # Thread side only: roots watched by stat polling instead of inotify.
         self._fallback = PollFallback()
+        self._hidden = HiddenRoots()
         self._in_stream = False  # the last chunk was cut while changes kept coming
 
     def set_paths(self, paths: Sequence[str]) -> bool:
@@ -190,6 +213,8 @@ class Watcher:
                     step, chunk = self.step_ms, self.chunk_ms
                 self._fallback.retain(paths)
                 key = (generation, step, self._fallback.active_demotions())
+                if self._hidden.any_revealed():
+                    state.armed_for = None  # a hidden root can be read now: take it in
                 if (state.notify is None or state.armed_for != key) and not self._rearm(
                     state, key, paths
                 ):
@@ -237,20 +262,34 @@ class Watcher:
             if recovered:
                 self._post_changes(recovered)
             state.failed_at = None
+        self._recover_revealed()
         return True
+
+    def _recover_revealed(self) -> None:
+        """Roots just armed again after a permission hid them: say so, and report the
+        files changed there since they were hidden (nothing watched them meanwhile)."""
+        for root, since in self._hidden.take().items():
+            self._post(self._on_restart, f"{root}: readable again, watched again")
+            recovered = changed_since([root], since - HIDDEN_SLACK_S)
+            if recovered:
+                self._post_changes(recovered)
 
     def _back_off(self, state: _WatchState) -> None:
         self._stop.wait(state.backoff)
         state.backoff = min(state.backoff * 2, BACKOFF_MAX_S)
 
     def _arm(self, paths: tuple[str, ...]) -> RustNotify | None:
-        existing = [p for p in paths if os.path.exists(p)]
+        existing = [p for p in paths if _may_exist(p)]
         # watchfiles takes roots as UTF-8 strings: a worktree folder whose name is not
         # UTF-8 would make RustNotify raise (and, unhandled, end this thread). Such roots,
         # and roots demoted after a decode error, are stat-polled; the rest use inotify.
         watchable, released = self._fallback.assign(existing)
         for changes in released:  # back to inotify: report what the last poll missed
             self._post_changes(changes)
+        watchable, hidden = self._hidden.visible(watchable)
+        for root, why in hidden:
+            if self._on_unwatchable is not None:
+                self._post(self._on_unwatchable, root, why)
         if not watchable:
             return None
         return RustNotify(watchable, False, False, RUST_POLL_DELAY_MS, True, True)
