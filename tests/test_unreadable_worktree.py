@@ -37,15 +37,20 @@ def _without_read_override() -> list[str]:
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 
+def _serve(repo: Path, tmp_path: Path) -> DaemonProcess:
+    """A daemon over ``repo`` that meets file modes as a plain user does."""
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "py", "command": ["true"], "watch": ["**/*.py"]}],
+    )
+    return DaemonProcess(config, prefix=_without_read_override())
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[DaemonProcess, dict[str, Path]]]:
     _, trees = make_repo(tmp_path / "r", hypotheses=("hyp-1",))
-    config = write_config(
-        tmp_path / "cfg" / "po.toml",
-        trees["repo"],
-        [{"name": "py", "command": ["true"], "watch": ["**/*.py"]}],
-    )
-    daemon = DaemonProcess(config, prefix=_without_read_override())
+    daemon = _serve(trees["repo"], tmp_path)
     try:
         daemon.wait_ready()
         yield daemon, trees
@@ -103,12 +108,7 @@ def test_a_worktree_behind_an_unreadable_parent_is_kept(tmp_path: Path) -> None:
     parent.mkdir()
     nested = parent / "hyp-1"
     git(trees["repo"], "worktree", "add", "-q", "-b", "hyp-1", os.fsdecode(nested))
-    config = write_config(
-        tmp_path / "cfg" / "po.toml",
-        trees["repo"],
-        [{"name": "py", "command": ["true"], "watch": ["**/*.py"]}],
-    )
-    daemon = DaemonProcess(config, prefix=_without_read_override())
+    daemon = _serve(trees["repo"], tmp_path)
     try:
         daemon.wait_ready()
         os.chmod(parent, 0)
