@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from parallel_orchestrator.jobs.spec import prune_runs
 from parallel_orchestrator.report.eventlog import configure_logging, get_logger, reset_logging
 from parallel_orchestrator.report.status import StatusBoard
+from parallel_orchestrator.store.fence import fence, reset_fence
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +62,30 @@ def test_log_file_is_reopened_after_logrotate_moves_it(tmp_path: Path) -> None:
     log.unlink()  # deleted outright: recreated too
     get_logger().info("again")
     assert [e["event"] for e in read_lines(log)] == ["again"]
+
+
+def test_a_log_file_in_a_moved_repository_complains_once_and_keeps_every_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "repo"
+    log = repo / "logs" / "po.log"
+    configure_logging("info", log)
+    fence(repo, [])
+    try:
+        os.rename(repo, tmp_path / "moved")
+        for n in range(3):
+            get_logger().info("job_finished", n=n)
+        assert not repo.exists()  # neither the log's folder nor the repository recreated
+        err = capfd.readouterr().err
+        assert err.count("cannot write log") == 1  # once per failure spell, not per line
+        assert "inside the missing repository" in err
+        assert [json.loads(ln)["n"] for ln in err.splitlines() if ln.startswith("{")] == [0, 1, 2]
+        os.rename(tmp_path / "moved", repo)  # back: the same file is written again
+        get_logger().info("job_finished", n=3)
+        assert read_lines(log)[-1]["n"] == 3
+        assert "cannot write log" not in capfd.readouterr().err
+    finally:
+        reset_fence()
 
 
 def test_undecodable_names_stay_valid_json(tmp_path: Path) -> None:

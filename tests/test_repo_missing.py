@@ -9,10 +9,13 @@ daemon says so once (``repo_restored``) and serves it again.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import stat
 import time
 from pathlib import Path
 
-from harness import DaemonProcess, make_repo, write_config
+from harness import DaemonProcess, make_repo, run_cli, wait_until, write_config
 
 
 def test_a_moved_repository_is_repo_missing_once_and_recovered_when_back(
@@ -48,3 +51,118 @@ def test_a_moved_repository_is_repo_missing_once_and_recovered_when_back(
         daemon.wait_event("job_finished")
     finally:
         daemon.stop()
+
+
+# -- nothing recreated where the repository was (its folder is git's and the user's) ------
+SCRIPTS = [{"name": "py", "command": ["true"], "watch": ["**/*.py"]}]
+ANOTHER_DAEMON = "another daemon"
+
+
+def _reload_round(daemon: DaemonProcess) -> None:
+    """One discovery round while the repository is missing, seen through an event rather
+    than waited out: a reload discovers the worktrees (as the periodic round every 10 s
+    does), then writes the status file and logs ``config_reloaded``."""
+    before = len(daemon.events("config_reloaded"))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("config_reloaded", count=before + 1)
+
+
+def _start(tmp_path: Path, **daemon_keys: str) -> tuple[Path, Path, DaemonProcess]:
+    _, trees = make_repo(tmp_path / "r", hypotheses=())
+    repo = trees["repo"]
+    keys = {k: v.replace("<repo>", os.fsdecode(repo)) for k, v in daemon_keys.items()}
+    config = write_config(tmp_path / "cfg" / "po.toml", repo, SCRIPTS, **keys)
+    daemon = DaemonProcess(config)
+    return repo, config, daemon
+
+
+def test_a_log_file_and_status_file_inside_a_moved_repository_are_not_recreated(
+    tmp_path: Path,
+) -> None:
+    repo, config, daemon = _start(
+        tmp_path, log_file="<repo>/logs/po.log", status_file="<repo>/out/status.json"
+    )
+    # The log file is inside the repository: read the same lines from the event history.
+    daemon.log_path = config.parent / "state" / "events.jsonl"
+    daemon.status_path = repo / "out" / "status.json"
+    try:
+        daemon.wait_ready()
+        moved = tmp_path / "r" / "moved-away"
+        os.rename(repo, moved)
+        daemon.wait_event("repo_missing")
+        _reload_round(daemon)
+        assert not repo.exists()
+        # Each writer said it once (stderr gets the log's lines meanwhile), not per line.
+        assert len(daemon.events("status_write_failed")) == 1
+        stderr = daemon.stderr_path.read_text()
+        assert stderr.count("cannot write log") == 1
+        assert "inside the missing repository" in stderr
+        assert '"event": "config_reloaded"' in stderr  # the line itself is not lost
+
+        os.rename(moved, repo)
+        daemon.wait_event("repo_restored")
+        daemon.wait_status(lambda d: d["daemon"]["repo_state"] == "ok")
+        (repo / "src" / "app.py").write_text("VALUE = 2\n")
+        daemon.wait_event("job_finished")
+        # The log file at its configured path has the lines again.
+        wait_until(lambda: "job_finished" in (repo / "logs" / "po.log").read_text())
+    finally:
+        daemon.stop()
+
+
+def test_a_state_dir_inside_a_moved_repository_is_waited_for_not_recreated(
+    tmp_path: Path,
+) -> None:
+    repo, config, daemon = _start(tmp_path, state_dir="<repo>/.po-state")
+    daemon.status_path = repo / ".po-state" / "status.json"
+    try:
+        daemon.wait_ready()
+        moved = tmp_path / "r" / "moved-away"
+        os.rename(repo, moved)
+        daemon.wait_event("repo_missing")
+        (waiting,) = daemon.wait_event("state_dir_missing")
+        assert waiting["repo"] == os.fsdecode(repo)
+        _reload_round(daemon)
+        assert not repo.exists()
+        assert daemon.events("state_dir_replaced") == []
+        assert daemon.events("state_dir_lost") == []
+
+        os.rename(moved, repo)
+        daemon.wait_event("state_dir_restored")
+        daemon.wait_event("repo_restored")
+        daemon.wait_status(lambda d: d["daemon"]["repo_state"] == "ok")
+        (repo / "src" / "app.py").write_text("VALUE = 2\n")
+        daemon.wait_event("job_finished")
+        assert len(daemon.events("state_dir_missing")) == 1
+        # The lock it kept still guards the state dir: a second daemon is refused.
+        second = run_cli("run", "-c", os.fsdecode(config), cwd=config.parent, timeout=30)
+        assert second.returncode == 2
+        assert ANOTHER_DAEMON in second.stderr
+    finally:
+        daemon.stop()
+    assert daemon.exit_code == 0
+
+
+def test_a_deleted_repository_holding_the_state_dir_is_not_recreated(tmp_path: Path) -> None:
+    repo, _, daemon = _start(tmp_path, state_dir="<repo>/.po-state")
+    daemon.status_path = repo / ".po-state" / "status.json"
+    try:
+        daemon.wait_ready()
+        shutil.rmtree(repo)
+        daemon.wait_event("repo_missing")
+        daemon.wait_event("state_dir_missing")
+        _reload_round(daemon)
+        assert not repo.exists()
+        assert daemon.events("state_dir_lost") == []
+        assert daemon.events("daemon_crashed") == []
+
+        # Back as a fresh repository without the state dir: recreated 0700, locked again.
+        _, fresh = make_repo(tmp_path / "fresh", hypotheses=())
+        os.rename(fresh["repo"], repo)
+        daemon.wait_event("state_dir_restored")
+        daemon.wait_event("repo_restored")
+        daemon.wait_status(lambda d: d["daemon"]["repo_state"] == "ok")
+        assert stat.S_IMODE((repo / ".po-state").stat().st_mode) == 0o700
+    finally:
+        daemon.stop()
+    assert daemon.exit_code == 0

@@ -14,9 +14,11 @@ from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
 
+from parallel_orchestrator.report import statuswriter
 from parallel_orchestrator.report.eventlog import configure_logging
 from parallel_orchestrator.report.status import StatusBoard
 from parallel_orchestrator.report.statuswriter import STATUS_RETRY_S, StatusWriter
+from parallel_orchestrator.store.fence import fence, reset_fence
 
 
 class Lines:
@@ -126,3 +128,24 @@ async def test_requests_in_a_window_make_one_write_and_lines_follow_it(tmp_path:
     assert writer.writes == 3 and seen == ["queued", "queued"]
     writer.close()  # nothing pending: no write
     assert writer.writes == 3
+
+
+async def test_a_status_file_in_a_missing_repository_is_said_once_not_every_minute(
+    tmp_path: Path, monkeypatch
+) -> None:
+    repo = tmp_path / "repo"
+    path = repo / "out" / "status.json"
+    fence(repo, [])
+    # A plain failure is said again after REPEAT_LOG_EVERY_S; this one never is.
+    monkeypatch.setattr(statuswriter, "REPEAT_LOG_EVERY_S", 0.0)
+    try:
+        _board, writer, _sink = make_writer(path)
+        with capture_logs() as logs:
+            for _ in range(3):
+                writer.flush()
+            failed = [e for e in logs if e["event"] == "status_write_failed"]
+        assert len(failed) == 1 and "inside the missing repository" in failed[0]["error"]
+        assert not repo.exists()
+        writer.close()
+    finally:
+        reset_fence()

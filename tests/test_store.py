@@ -12,6 +12,13 @@ from pathlib import Path
 import pytest
 
 from parallel_orchestrator.store.atomic import remove_stale_temps, temp_name, write_atomic
+from parallel_orchestrator.store.fence import (
+    FencedError,
+    fence,
+    missing_fenced_parent,
+    reset_fence,
+)
+from parallel_orchestrator.store.folders import make_dirs
 from parallel_orchestrator.store.safe_open import (
     Create,
     NotRegularFile,
@@ -235,3 +242,61 @@ def test_state_dir_problems_names_each_untrusted_folder(tmp_path: Path) -> None:
     assert len(problems) == 2
     assert "its cache/ writable by group/others (mode 0757)" in problems[0]
     assert "its results/: a symlink" in problems[1]
+
+
+# -- the fence: a missing repository or worktree folder is never recreated ------------------
+@pytest.fixture
+def fenced(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A repository and a worktree folder, fenced as the daemon fences them; unfenced after."""
+    repo, worktree = tmp_path / "repo", tmp_path / "wt-1"
+    repo.mkdir()
+    worktree.mkdir()
+    fence(repo, [repo, worktree])
+    try:
+        yield repo, worktree
+    finally:
+        reset_fence()
+
+
+def test_below_a_fenced_folder_that_exists_folders_are_created(fenced: tuple[Path, Path]) -> None:
+    repo, _ = fenced
+    make_dirs(repo / ".po-state" / "runs", 0o700)
+    assert mode_of(repo / ".po-state") == mode_of(repo / ".po-state" / "runs") == 0o700
+
+
+def test_a_missing_fenced_folder_is_not_recreated_and_nothing_is_created(
+    fenced: tuple[Path, Path],
+) -> None:
+    repo, worktree = fenced
+    repo.rmdir()
+    with pytest.raises(FencedError) as caught:
+        make_dirs(repo / "logs" / "deep", 0o700)
+    assert caught.value.errno == errno.ENOENT
+    assert isinstance(caught.value, OSError)  # every writer already handles OSError
+    assert f"inside the missing repository {repo}" in str(caught.value)
+    assert not repo.exists()
+    worktree.rmdir()
+    with pytest.raises(FencedError, match=f"inside the missing worktree {worktree}"):
+        write_atomic(worktree / "out" / "status.json", b"{}", dir_mode=0o700)
+    assert not worktree.exists()
+    assert missing_fenced_parent(repo / ".po-state") == (repo, "repository")
+
+
+def test_a_fenced_folder_is_recognised_through_a_symlinked_parent(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    (real / "repo").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    fence(tmp_path / "link" / "repo", [])
+    try:
+        (real / "repo").rmdir()
+        with pytest.raises(FencedError):
+            make_dirs(real / "repo" / "logs", 0o700)
+        assert not (real / "repo").exists()
+    finally:
+        reset_fence()
+
+
+def test_without_a_fence_missing_parents_are_created_as_before(tmp_path: Path) -> None:
+    make_dirs(tmp_path / "repo" / "logs", 0o700)  # a CLI command: nothing is fenced
+    assert (tmp_path / "repo" / "logs").is_dir()
+    assert missing_fenced_parent(tmp_path / "gone" / "x") is None

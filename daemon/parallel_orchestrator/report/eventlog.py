@@ -89,6 +89,7 @@ class JsonLineSink:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._ident: tuple[int, int] | None = None
+        self._failing = False  # the file could not be written: lines go to stderr
         # stdout (a pipe, a terminal, a full disk): through a writer thread, never blocking.
         self._background: BackgroundLines | None = None
         if path is not None:
@@ -134,9 +135,18 @@ class JsonLineSink:
                 assert self._fd is not None
                 os.write(self._fd, data.encode("utf-8", "replace"))
             except OSError as exc:
-                # The log file is unwritable (disk full, permissions): fall back to stderr
-                # for this line rather than losing it silently.
-                complain(f"parallel-orchestrator: cannot write log {self._path}: {exc}\n{data}")
+                # The log file is unwritable (disk full, permissions, its folder inside a
+                # repository that was moved away): the line goes to stderr rather than
+                # being lost, and why only once per failure spell, not before every line.
+                if not self._failing:
+                    complain(
+                        f"parallel-orchestrator: cannot write log {self._path}: {exc}; "
+                        "its lines go to stderr until it can be written again\n"
+                    )
+                self._failing = True
+                complain(data)
+                return
+            self._failing = False
 
     def close(self, timeout: float = 1.0) -> None:
         """Close the file; stdout's writer gets ``timeout`` s to write what it holds."""

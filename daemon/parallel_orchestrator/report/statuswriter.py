@@ -18,10 +18,12 @@ instead of the write coming early.
 
 Failures: a failed write is retried every ``STATUS_RETRY_S`` until one succeeds
 (``status_write_recovered`` then), and logged once per kind of failure (and once a
-minute), not once a second for a day of full disk. Lines waiting on a failed write are
-emitted anyway: the log must not lose them. After each write the one-line summary goes
-to systemd's ``STATUS=`` when it changed. ``close()`` logs ``status_write_totals``
-(writes, bytes): what ``benchmarks/status_scale.py`` reports.
+minute), not once a second for a day of full disk; a folder not recreated because the
+repository it was in is missing (``store.fence``) is said once, not once a minute.
+Lines waiting on a failed write are emitted anyway: the log must not lose them. After
+each write the one-line summary goes to systemd's ``STATUS=`` when it changed.
+``close()`` logs ``status_write_totals`` (writes, bytes): what
+``benchmarks/status_scale.py`` reports.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..store.fence import FencedError
 from .status import StatusBoard
 from .statusview import summary_line
 
@@ -145,7 +148,11 @@ class StatusWriter:
             # The message names a fresh temp file each time: compare the errno.
             now = time.monotonic()
             error, kind = str(exc), f"{type(exc).__name__}:{exc.errno}"
-            if kind != self._error_kind or now - self._error_logged >= REPEAT_LOG_EVERY_S:
+            # A folder inside a missing repository: said once; ``repo_missing`` is the state.
+            repeat = not isinstance(exc, FencedError)
+            if kind != self._error_kind or (
+                repeat and now - self._error_logged >= REPEAT_LOG_EVERY_S
+            ):
                 self._log().warning("status_write_failed", path=os.fsdecode(path), error=error)
                 self._error_kind, self._error_logged = kind, now
             self.error = error

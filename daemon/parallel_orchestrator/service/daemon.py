@@ -44,6 +44,7 @@ from ..states import (
     DAEMON_STOPPING,
     PASS,
 )
+from ..store.fence import fence
 from ..watch.waitmarks import WaitMarkers, marker_folder
 from ..watch.watcher import Watcher, step_for
 from .control import ControlChannel, cell_map
@@ -327,6 +328,7 @@ class Daemon:
         new = {wt.id: wt for wt in found}
         old = self.worktrees
         self.worktrees = new
+        fence(self.settings.worktrees.repo, (wt.path for wt in found))  # never recreated
         for hyp in old.keys() - new.keys():
             self.scheduler.cancel_hypothesis(hyp)
             self.intake.forget(hyp)

@@ -8,7 +8,10 @@ path: after an ``rm -rf`` (or a replacement) of the state dir a flock on the del
 inode guards nothing, and a second daemon would start, recover and kill our jobs. So
 the lock's (st_dev, st_ino) is compared with the path's; on a mismatch the folder is
 recreated 0700 and the lock re-taken, or, if another daemon got there first, the
-daemon stops with a clear error.
+daemon stops with a clear error. A state dir inside the repository that was moved or
+deleted is not recreated (that would recreate the repository folder): the daemon says
+so once (``state_dir_missing``) and waits; moved back, the lock it holds guards it again
+(``state_dir_restored``); back as a fresh folder without it, it is recreated as above.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from ..errors import OrchestratorError
 from ..jobs.spec import prune_orphan_lists
 from ..store.atomic import remove_stale_temps
+from ..store.fence import missing_fenced_parent
 from ..store.folders import make_dirs
 from ..store.safe_open import Create, open_state_file, write_new
 from ..store.trust import state_dir_problems
@@ -33,6 +37,7 @@ LOCK_NAME = "daemon.lock"
 CHECK_EVERY_S = 1.0
 SHARED_TEMP_AGE_S = 600.0  # a temp this old in cache/ or results/ is no live write's
 STATE_DIR_LOST = "state_dir_lost"  # the stop reason when another daemon took the folder
+STATE_DIR_MISSING = "state_dir_missing"  # gone with the repository; waited for, not recreated
 
 
 class DaemonError(OrchestratorError):
@@ -159,6 +164,8 @@ class StateDirLock:
         lost lock (then ``restored()``). Returns only when the state dir cannot be held:
         the reason to stop."""
         self._check_now = asyncio.Event()
+        waiting = False  # the state dir went with the repository: wait for it
+        path = os.fsdecode(self.state_dir)
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CHECK_EVERY_S):
@@ -166,8 +173,21 @@ class StateDirLock:
             self._check_now.clear()
             problem = self.problem()
             if not problem:
+                if waiting:  # moved back: the lock we hold guards it again
+                    waiting = False
+                    log().warning("state_dir_restored", path=path, lock=LOCK_NAME)
+                    restored()
                 continue
-            path = os.fsdecode(self.state_dir)
+            if gone := missing_fenced_parent(self.state_dir):
+                # Inside the repository, which was moved or deleted: recreating the state
+                # dir would recreate the repository folder (``store.fence``). Said once.
+                if not waiting:
+                    waiting = True
+                    log().warning(
+                        STATE_DIR_MISSING, path=path, repo=os.fsdecode(gone[0]), error=problem
+                    )
+                continue
+            waiting = False
             log().warning("state_dir_replaced", path=path, error=problem)
             try:
                 self.acquire()
