@@ -163,6 +163,29 @@ def test_a_deleted_repository_holding_the_state_dir_is_not_recreated(tmp_path: P
         daemon.wait_event("repo_restored")
         daemon.wait_status(lambda d: d["daemon"]["repo_state"] == "ok")
         assert stat.S_IMODE((repo / ".po-state").stat().st_mode) == 0o700
+        # A new folder at the old path: watched anew before repo_restored said it is back.
+        (repo / "src" / "app.py").write_text("VALUE = 2\n")
+        daemon.wait_event("job_finished")
     finally:
         daemon.stop()
     assert daemon.exit_code == 0
+
+
+def test_a_daemon_started_on_a_missing_repository_creates_nothing_there(
+    tmp_path: Path,
+) -> None:
+    """The state dir, or the log file, inside a repository that is not there: one line
+    naming both, exit 2, and no empty repository folder left behind (it used to make
+    the folder, the lock, wait/, requests/ ... and only then fail on discovery)."""
+    repo = tmp_path / "r" / "repo"
+    for keys, key in (
+        ({"state_dir": os.fsdecode(repo / ".po-state")}, "daemon.state_dir"),
+        ({"log_file": os.fsdecode(repo / "logs" / "po.log")}, "log file"),
+    ):
+        config = write_config(tmp_path / "cfg" / "po.toml", repo, SCRIPTS, **keys)
+        result = run_cli("run", "-c", os.fsdecode(config), cwd=config.parent, timeout=30)
+        assert result.returncode == 2, result.stderr
+        assert key in result.stderr
+        assert f"inside the missing repository {repo}" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not repo.exists()

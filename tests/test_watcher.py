@@ -177,6 +177,18 @@ async def test_a_removed_root_is_no_rearm_and_a_root_back_again_is(tmp_path: Pat
         await asyncio.to_thread(w.stop)
 
 
+async def test_a_root_replaced_at_the_same_path_is_watched_after_rearm(watching) -> None:
+    """inotify follows the folder, not the path: a root deleted and made again (a
+    repository cloned anew where it was) is seen only after ``rearm``."""
+    w, col, a, _b = watching
+    shutil.rmtree(a)
+    a.mkdir()
+    w.rearm()
+    assert await w.wait_armed(10)
+    (a / "back.py").write_text("1")
+    await col.until(lambda: str(a / "back.py") in col.paths())
+
+
 def test_step_derivation() -> None:
     assert step_for(20, {}) == 13
     assert step_for(200, {}) == 50

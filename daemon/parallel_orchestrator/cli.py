@@ -243,9 +243,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from .service.daemon import Daemon
     from .service.statedir import prepare_state_dir
+    from .store.fence import fence
 
     settings = _load(args.config)
     d = settings.daemon
+    fence(settings.worktrees.repo, ())  # a missing repository is not created (store.fence)
     prepare_state_dir(d.state_dir)  # before the log file, which may live inside it
     try:
         configure_logging(d.log_level, d.log_file)

@@ -143,7 +143,9 @@ class Daemon:
             rerun_due=lambda key: self.scheduler.pending(key),
         )
         self.feedback = FeedbackGuard(lambda: self.log, self.board.process_ended)
-        self.repo_presence = RepoPresence(self.board, self.status, lambda: self.log)
+        self.repo_presence = RepoPresence(
+            self.board, self.status, lambda: self.log, before_restored=self._watch_anew
+        )
         self.scheduler = Scheduler(
             self.feedback.wrap(self.jobs.run),
             concurrency=d.concurrency,
@@ -387,6 +389,15 @@ class Daemon:
             if rearmed and not await self.watcher.wait_armed(30):
                 self.log.warning("watcher_slow_to_arm", paths=fresh)
         self._set_worktrees(found)
+
+    async def _watch_anew(self, found: list[Worktree]) -> None:
+        """The repository is back, maybe as a new folder at the old path (the old arm
+        watches the deleted one): re-arm for every worktree, re-index, then it is served."""
+        if self.watcher is not None:
+            self.watcher.rearm()
+        await self._apply_worktrees(found)
+        if self.watcher is not None and not await self.watcher.wait_armed(30):
+            self.log.warning("watcher_slow_to_arm")
 
     async def _periodic_rediscover(self) -> None:
         while True:

@@ -11,7 +11,7 @@ are logged when their message changes, not on every retry.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,20 @@ REPO_MISSING = "repo_missing"
 
 
 class RepoPresence:
-    def __init__(self, board: StatusBoard, writer: StatusWriter, log: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        board: StatusBoard,
+        writer: StatusWriter,
+        log: Callable[[], Any],
+        before_restored: Callable[[list[Worktree]], Awaitable[None]] | None = None,
+    ) -> None:
+        """``before_restored(found)``: awaited when the repository is back, before
+        ``repo_restored`` says so (the daemon watches it anew there: whoever edits on
+        seeing that line must get a run)."""
         self._board = board
         self._writer = writer
         self._log = log
+        self._before_restored = before_restored
         self.missing = False
         self._last_error = ""
         board.doc["daemon"]["repo_state"] = REPO_OK
@@ -43,6 +53,8 @@ class RepoPresence:
         except WorktreeError as exc:
             self.failed(settings.repo, str(exc))
             return None
+        if self.missing and self._before_restored is not None:
+            await self._before_restored(found)
         self.succeeded(settings.repo)
         return found
 

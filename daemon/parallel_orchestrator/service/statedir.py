@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import OrchestratorError
 from ..jobs.spec import prune_orphan_lists
 from ..store.atomic import remove_stale_temps
-from ..store.fence import missing_fenced_parent
+from ..store.fence import FencedError, missing_fenced_parent
 from ..store.folders import make_dirs
 from ..store.safe_open import Create, open_state_file, write_new
 from ..store.trust import state_dir_problems
@@ -49,6 +49,8 @@ def prepare_state_dir(state_dir: Path) -> None:
     where = f"daemon.state_dir {os.fsdecode(state_dir)}"
     try:
         make_dirs(state_dir, 0o700)
+    except FencedError as exc:  # names the folder and the missing repository
+        raise DaemonError(f"daemon.state_dir: {exc.strerror}") from exc
     except OSError as exc:
         raise DaemonError(f"{where}: not writable: {exc.strerror or exc}") from exc
     problems = state_dir_problems(state_dir)

@@ -12,9 +12,11 @@ naming the folder), which every writer already handles as it handles an unwritab
 Folders *below* a fenced folder that exists are created as before.
 
 The fenced set is process-wide state kept here alone (the shape of structlog's
-``_config``): the daemon sets it once it knows its worktrees (``fence``) and again when
-they change; ``reset_fence`` empties it (tests). Commands that do not call ``fence``
-(``init``, ``once``, ``rerun``) are unaffected.
+``_config``): ``run`` fences the configured repository before it creates anything (a
+repository missing at start-up is not brought into being by the state dir or the log
+file either), the daemon fences every worktree once it knows them (``fence``) and again
+when they change; ``reset_fence`` empties it (tests). Commands that do not call
+``fence`` (``init``, ``once``, ``rerun``) are unaffected.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class FencedError(FileNotFoundError):
         super().__init__(
             errno.ENOENT,
             f"{os.fsdecode(wanted)} is inside the missing {kind} {os.fsdecode(fenced)}: "
-            "not recreated",
+            "not created",
         )
         self.fenced = fenced
 

@@ -174,6 +174,16 @@ class Watcher:
             self._armed.clear()
         return True
 
+    def rearm(self) -> None:
+        """Build the watch anew for the same paths (``wait_armed`` tells when it is).
+
+        inotify watches a folder, not a path: a repository deleted and cloned again at
+        the same path (or a worktree folder replaced) is not watched by the old arm at all.
+        """
+        with self._lock:
+            self._generation += 1
+            self._armed.clear()
+
     def set_step(self, step_ms: int) -> None:
         with self._lock:
             self.step_ms = step_ms
