@@ -169,6 +169,32 @@ def test_unreadable_record_is_reported_and_set_aside(tmp_path: Path) -> None:
     assert recover(jobs) == []  # set aside: never read (or reported) again
 
 
+def test_rewrite_drops_our_records_of_jobs_that_ended_while_the_folder_was_away(
+    tmp_path: Path,
+) -> None:
+    """The state dir moved away (with the repository it is in) while a job ended: the
+    record's removal found no folder. Back again, ``rewrite`` removes it, keeps the
+    running job's, and leaves another daemon's alone."""
+    state = tmp_path / "state"
+    ledger = Ledger(state / "jobs")
+    for job_id in ("ended", "running"):
+        ledger.add(
+            JobRecord.for_process(
+                job_id=job_id, hypothesis="h", script="s", pid=os.getpid(), batch_id="b"
+            )
+        )
+    other = JobRecord(
+        job_id="other", hypothesis="h", script="s", pid=1, pgid=1, start_time=None,
+        batch_id="b", started_at=0.0, daemon_pid=1, daemon_start_time=None,
+    )  # fmt: skip
+    (state / "jobs" / "other.json").write_text(json.dumps(other.__dict__))
+    os.rename(state, tmp_path / "away")
+    ledger.remove("ended")  # no folder: nothing removed, no error
+    os.rename(tmp_path / "away", state)
+    ledger.rewrite()
+    assert sorted(p.name for p in ledger.paths()) == ["other.json", "running.json"]
+
+
 def test_recover_without_directory_is_empty(tmp_path: Path) -> None:
     assert recover(tmp_path / "missing") == []
 

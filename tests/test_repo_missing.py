@@ -189,3 +189,45 @@ def test_a_daemon_started_on_a_missing_repository_creates_nothing_there(
         assert f"inside the missing repository {repo}" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert not repo.exists()
+
+
+def test_a_job_that_ends_while_the_state_dir_is_away_is_not_recovered_later(
+    tmp_path: Path,
+) -> None:
+    """Its ledger record could not be removed (no folder); once the state dir is back the
+    record goes, so the next start does not report the passed job as ``error``."""
+    gate = tmp_path / "gate"
+    _, trees = make_repo(tmp_path / "r", hypotheses=())
+    repo = trees["repo"]
+    wait_gate = f"while [ ! -e '{gate}' ]; do sleep 0.05; done"
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "py", "command": ["sh", "-c", wait_gate], "watch": ["**/*.py"]}],
+        state_dir=os.fsdecode(repo / ".po-state"),
+    )
+    daemon = DaemonProcess(config)
+    daemon.status_path = repo / ".po-state" / "status.json"
+    try:
+        daemon.wait_ready()
+        (repo / "src" / "app.py").write_text("VALUE = 2\n")
+        daemon.wait_event("job_started")
+        moved = tmp_path / "r" / "moved-away"
+        os.rename(repo, moved)
+        daemon.wait_event("state_dir_missing")
+        gate.touch()
+        (finished,) = daemon.wait_event("job_finished")
+        assert finished["result"] == "pass"
+        os.rename(moved, repo)
+        daemon.wait_event("state_dir_restored")
+        assert list((repo / ".po-state" / "jobs").glob("*.json")) == []
+    finally:
+        daemon.stop()
+    again = DaemonProcess(config)
+    again.status_path = daemon.status_path
+    try:
+        again.wait_ready()
+        assert again.events("job_recovered") == []
+        assert again.status()["hypotheses"]["repo"]["scripts"]["py"]["last_result"] == "pass"
+    finally:
+        again.stop()

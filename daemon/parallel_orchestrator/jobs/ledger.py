@@ -146,7 +146,20 @@ class Ledger:
         self.path_for(job_id).unlink(missing_ok=True)
 
     def rewrite(self) -> None:
-        """Write every running job's record again (the state dir was deleted under us)."""
+        """Write every running job's record again (the state dir was deleted or moved
+        away under us), and remove this daemon's records of jobs that ended meanwhile:
+        their removal found no folder (a repository holding the state dir was moved
+        away), and once it was back the next start reported each as a job whose daemon
+        died, ``error``, though it had passed."""
+        me = (os.getpid(), janitor.process_start_time(os.getpid()))
+        for path in self.paths():
+            try:
+                record = _read_record(path)
+            except (OSError, ValueError):
+                continue  # not ours to judge: ``recover`` sets it aside at the next start
+            ours = (record.daemon_pid, record.daemon_start_time) == me
+            if ours and record.job_id not in self._live:
+                path.unlink(missing_ok=True)
         for record in list(self._live.values()):
             self.add(record)
 
