@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -210,6 +211,18 @@ def observe(seconds: float) -> None:
     """An observation window, used only to show that something does NOT happen (a rerun
     loop, a respawn): an absence has no event to wait for. Never used to synchronise."""
     time.sleep(seconds)
+
+
+def without_read_override() -> list[str]:
+    """The command prefix that makes a daemon obey file modes: root reads through any
+    mode, so as root it runs without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+    (``setpriv``) and meets ``chmod 000`` as any other user would."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: file modes cannot hide anything")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 
 # -- mounts (root only) ----------------------------------------------------------------

@@ -22,19 +22,9 @@ from pathlib import Path
 import pytest
 
 from harness import DaemonProcess, git, make_repo, write_config
-from reliability_helpers import touch_edit
+from reliability_helpers import touch_edit, without_read_override
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs setpriv")
-
-
-def _without_read_override() -> list[str]:
-    """The command prefix that makes the daemon obey file modes."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: file modes cannot hide anything")
-    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 
 def _serve(repo: Path, tmp_path: Path) -> DaemonProcess:
@@ -44,7 +34,7 @@ def _serve(repo: Path, tmp_path: Path) -> DaemonProcess:
         repo,
         [{"name": "py", "command": ["true"], "watch": ["**/*.py"]}],
     )
-    return DaemonProcess(config, prefix=_without_read_override())
+    return DaemonProcess(config, prefix=without_read_override())
 
 
 @pytest.fixture

@@ -52,9 +52,12 @@ class WorktreeIndex:
         roots: Mapping[str, str],
         locks: Mapping[str, str] | None = None,
         admin_dirs: Iterable[str] = (),
+        hidden: Iterable[str] = (),
     ) -> None:
         """``roots``: hyp -> worktree path; ``locks``: hyp -> its index.lock path;
-        ``admin_dirs``: ``<common git dir>/worktrees`` of each repository."""
+        ``admin_dirs``: ``<common git dir>/worktrees`` of each repository; ``hidden``: the
+        hyps whose git dir a permission hid (no lock known: worth reading again)."""
+        self.hidden = frozenset(hidden)
         self._roots = dict(roots)
         self._root_paths = {path: hyp for hyp, path in roots.items()}
         # (path + "/", hyp), longest first: a nested worktree wins over its parent.
@@ -143,12 +146,14 @@ def index_worktrees(
     """Read git's layout of each worktree into a ``WorktreeIndex``.
 
     Returns the index and, for each worktree whose git dir could not be read, (hyp,
-    error): that one still routes its edits, but has no lock to wait for.
+    error): that one still routes its edits, but has no lock to wait for. One a
+    permission hid (``chmod 000``) is in the index's ``hidden``: read it again later.
     """
     roots: dict[str, str] = {}
     locks: dict[str, str] = {}
     admin_dirs: set[str] = set()
     problems: list[tuple[str, str]] = []
+    hidden: list[str] = []
     for wt in worktrees:
         roots[wt.id] = os.fsdecode(wt.path)
         try:
@@ -156,4 +161,6 @@ def index_worktrees(
             admin_dirs.add(os.fsdecode(git_common_dir(wt.path) / "worktrees"))
         except (WorktreeError, OSError) as exc:
             problems.append((wt.id, str(exc)))
-    return WorktreeIndex(roots, locks, admin_dirs), problems
+            if isinstance(exc, PermissionError):
+                hidden.append(wt.id)
+    return WorktreeIndex(roots, locks, admin_dirs, hidden), problems

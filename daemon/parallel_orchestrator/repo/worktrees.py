@@ -183,8 +183,14 @@ def _assemble(
 
 
 def _hidden_known(raw: str, known: Collection[Path]) -> bool:
-    """Whether ``raw`` is a served worktree that only a permission hides (its folder, or
-    the ``.git`` git looks for in it, answers EACCES/EPERM), as opposed to one gone."""
+    """Whether ``raw`` is a served worktree that only a permission hid (its folder, or
+    the ``.git`` git looks for in it, answers EACCES/EPERM), as opposed to one gone.
+
+    Git looked before we do: a mode flipped back in between (``chmod 000`` then ``755``)
+    leaves git's "prunable" stale while the folder and its ``.git`` are plainly there.
+    That is git's own test passing now, so it is kept too: only a folder or ``.git``
+    that is really missing (or no longer a folder) counts as removed.
+    """
     if not known or Path(os.path.realpath(raw)) not in known:
         return False
     for probe in (raw, os.path.join(raw, ".git")):
@@ -194,7 +200,7 @@ def _hidden_known(raw: str, known: Collection[Path]) -> bool:
             return True
         except OSError:
             return False
-    return False
+    return True
 
 
 def _selected(ident: str, include: Iterable[str], exclude: Iterable[str]) -> bool:

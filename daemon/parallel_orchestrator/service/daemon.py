@@ -19,7 +19,7 @@ import contextlib
 import os
 import secrets
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -346,19 +346,27 @@ class Daemon:
                     "worktree_branch_changed", new[hyp], previous_branch=old[hyp].branch
                 )
         self.reuse.set_worktrees({wt.id: wt.path for wt in new.values()})
-        self.index, problems = index_worktrees(new.values())
-        for hyp, error in problems:
-            self.log.warning("git_dir_unknown", hypothesis=hyp, error=error)
+        self._index_worktrees(new.values())
         self.board.set_hypotheses(
             ((wt.id, os.fsdecode(wt.path), wt.branch) for wt in new.values()),
             [s.name for s in self.settings.scripts],
         )
-        if self.watcher is not None:
-            self.watcher.set_paths(self.markers.with_folder(self.index.watch_paths()))
         if not initial:
             self.status.write()
             if added and self.settings.daemon.run_on_start:
                 self._run_everything(added, reason="worktree_added")
+
+    def _index_worktrees(self, worktrees: Iterable[Worktree]) -> None:
+        """Read git's layout anew. A git dir a permission still hides (read again each
+        round, and when the watcher takes a root back, until its ``index.lock`` is
+        known: a checkout there must hold its runs) is not said again."""
+        before = self.index.hidden
+        self.index, problems = index_worktrees(worktrees)
+        for hyp, error in problems:
+            if hyp not in before:
+                self.log.warning("git_dir_unknown", hypothesis=hyp, error=error)
+        if self.watcher is not None:
+            self.watcher.set_paths(self.markers.with_folder(self.index.watch_paths()))
 
     def _log_worktree(self, event: str, wt: Worktree, **extra: Any) -> None:
         self.log.info(event, hypothesis=wt.id, path=os.fsdecode(wt.path), branch=wt.branch, **extra)
@@ -374,6 +382,8 @@ class Daemon:
             current = {(wt.id, wt.path, wt.branch) for wt in self.worktrees.values()}
             if {(wt.id, wt.path, wt.branch) for wt in found} != current:
                 await self._apply_worktrees(found)
+            elif self.index.hidden:  # e.g. a worktree no longer hidden: its lock again
+                self._index_worktrees(self.worktrees.values())
 
     async def _apply_worktrees(self, found: list[Worktree]) -> None:
         """``_set_worktrees``, but a new worktree is watched before it is announced.
@@ -425,6 +435,8 @@ class Daemon:
 
     # == changes ==========================================================================
     def _on_watcher_restart(self, reason: str) -> None:
+        if self.index.hidden:  # a root readable again: its index.lock before any edit
+            self._index_worktrees(self.worktrees.values())
         self.log.warning("watcher_restarted", reason=reason)
         self.reuse.invalidate()  # changes may have been missed: relist before the next key
 
@@ -490,7 +502,8 @@ class Daemon:
             if script.name not in kept:
                 self.scheduler.cancel_script(script.name)  # ends ``cancelled``
         async with self._discovery_lock:
-            found = await self.repo_presence.discover(new.worktrees)
+            served = [wt.path for wt in self.worktrees.values()]  # kept while hidden
+            found = await self.repo_presence.discover(new.worktrees, served)
             if found is None:
                 found = list(self.worktrees.values())
             # also reshapes the status board for the new scripts

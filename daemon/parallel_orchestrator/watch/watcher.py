@@ -290,6 +290,11 @@ class Watcher:
 
     def _arm(self, paths: tuple[str, ...]) -> RustNotify | None:
         existing = [p for p in paths if _may_exist(p)]
+        # A hidden root found gone (probed as readable, then missing): nothing watched it,
+        # so nobody saw it go; said as its deletion, which makes the daemon rediscover.
+        gone = [p for p in paths if p in self._hidden.hidden and p not in existing]
+        if gone:
+            self._post_changes({(Change.deleted, p) for p in gone})
         # watchfiles takes roots as UTF-8 strings: a worktree folder whose name is not
         # UTF-8 would make RustNotify raise (and, unhandled, end this thread). Such roots,
         # and roots demoted after a decode error, are stat-polled; the rest use inotify.

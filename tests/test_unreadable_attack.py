@@ -1,0 +1,153 @@
+"""An adversarial pass over "a worktree made unreadable for a moment is not removed".
+
+Each test is a way the first fix still lost a worktree or its edits: a reload while it
+is hidden, a mode flipped back while git was looking, a checkout right after it was
+hidden (its ``index.lock`` unknown), a hidden worktree then deleted. The daemon runs
+without CAP_DAC_OVERRIDE (``without_read_override``), so modes hide things from it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import DaemonProcess, git, make_repo, write_config
+from reliability_helpers import observe, touch_edit, without_read_override
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs setpriv")
+
+SCRIPTS = [{"name": "py", "command": ["true"], "watch": ["**/*.py"]}]
+
+
+@pytest.fixture
+def trees(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    _, found = make_repo(tmp_path / "r", hypotheses=("hyp-1",))
+    try:
+        yield found
+    finally:
+        for tree in (*found.values(), tmp_path / "r" / "hyp-2"):
+            if tree.exists():
+                os.chmod(tree, 0o755)
+
+
+def _start(tmp_path: Path, trees: dict[str, Path], env: dict[str, str] | None = None):
+    config = write_config(tmp_path / "cfg" / "po.toml", trees["repo"], SCRIPTS)
+    daemon = DaemonProcess(config, env=env, prefix=without_read_override())
+    daemon.wait_ready()
+    return daemon
+
+
+def _hide_and_rediscover(daemon: DaemonProcess, trees: dict[str, Path], tmp_path: Path) -> None:
+    """hyp-1 made unreadable, then a worktree added: the daemon lists them all (and
+    re-arms its watcher) while hyp-1 is hidden; ``worktree_added`` ends that round."""
+    os.chmod(trees["hyp-1"], 0)
+    git(trees["repo"], "worktree", "add", "-q", "-b", "hyp-2", os.fsdecode(tmp_path / "r/hyp-2"))
+    daemon.wait_event("worktree_added", lambda e: e["hypothesis"] == "hyp-2", timeout=30)
+
+
+def _edit_runs(daemon: DaemonProcess, tree: Path) -> None:
+    touch_edit(tree / "src" / "app.py")
+    daemon.wait_event("job_finished", lambda e: e["hypothesis"] == tree.name, timeout=30)
+
+
+def test_a_reload_while_a_worktree_is_unreadable_keeps_it(
+    trees: dict[str, Path], tmp_path: Path
+) -> None:
+    """SIGHUP lists the worktrees too: it dropped the hidden one (and the edit made right
+    after its mode came back was lost until the next periodic round)."""
+    daemon = _start(tmp_path, trees)
+    try:
+        os.chmod(trees["hyp-1"], 0)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("config_reloaded", timeout=30)
+        assert daemon.events("worktree_removed") == []
+        os.chmod(trees["hyp-1"], 0o755)
+        _edit_runs(daemon, trees["hyp-1"])
+    finally:
+        daemon.stop()
+
+
+def test_a_worktree_readable_again_while_git_looked_is_kept(
+    trees: dict[str, Path], tmp_path: Path
+) -> None:
+    """Mode flapping (000, 755, ...) meets the discovery between git's look and ours:
+    git saw it hidden (prunable), we see it plainly there. It was dropped as removed.
+    Made deterministic with a ``git`` that gives the mode back once it has answered."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    flip = tmp_path / "flip"
+    real_git = shutil.which("git")
+    assert real_git is not None
+    wrapper = bindir / "git"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'"{real_git}" "$@"; rc=$?\n'
+        'case "$*" in *"worktree list"*)\n'
+        f'  if [ -f "{flip}" ]; then chmod 755 "$(cat "{flip}")"; rm -f "{flip}"; fi;;\n'
+        "esac\n"
+        "exit $rc\n"
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    daemon = _start(tmp_path, trees, env)
+    try:
+        flip.write_text(os.fsdecode(trees["hyp-1"]))
+        _hide_and_rediscover(daemon, trees, tmp_path)
+        assert not flip.exists()  # the round that added hyp-2 met hyp-1 hidden
+        assert daemon.events("worktree_removed") == []
+        assert "hyp-1" in daemon.status()["hypotheses"]
+        _edit_runs(daemon, trees["hyp-1"])
+    finally:
+        daemon.stop()
+
+
+def test_a_checkout_in_a_worktree_that_was_unreadable_holds_its_runs(
+    trees: dict[str, Path], tmp_path: Path
+) -> None:
+    """While hidden, its git dir (where ``index.lock`` lives) cannot be read; it stayed
+    unknown once readable, so runs started in the middle of a checkout there."""
+    daemon = _start(tmp_path, trees)
+    try:
+        _hide_and_rediscover(daemon, trees, tmp_path)
+        daemon.wait_event("git_dir_unknown", lambda e: e["hypothesis"] == "hyp-1")
+        os.chmod(trees["hyp-1"], 0o755)
+        daemon.wait_event("watcher_restarted", timeout=30)  # hyp-1 taken back
+        lock = trees["repo"] / ".git" / "worktrees" / "hyp-1" / "index.lock"
+        lock.write_text("")  # a checkout in hyp-1 starts ...
+        touch_edit(trees["hyp-1"] / "src" / "app.py")  # ... and writes its files
+        observe(2.0)  # 40x the debounce: an unheld batch would have started by now
+        assert daemon.events("job_started") == []
+        lock.unlink()  # the checkout ends
+        (batch,) = daemon.wait_event("batch_formed", timeout=30)
+        assert batch["reason"] == "git_op_finished"
+        assert len(daemon.events("git_dir_unknown")) == 1
+    finally:
+        daemon.stop()
+
+
+def test_a_hidden_worktree_then_deleted_is_removed_promptly(
+    trees: dict[str, Path], tmp_path: Path
+) -> None:
+    """Nothing watched the hidden root, so its deletion was seen only by the periodic
+    round (10 s later). The watcher probes it every 0.5 s: gone is a deletion."""
+    daemon = _start(tmp_path, trees)
+    try:
+        _hide_and_rediscover(daemon, trees, tmp_path)
+        daemon.wait_event("worktree_unreadable", timeout=30)
+        os.chmod(trees["hyp-1"], 0o755)
+        deleted_at = time.monotonic()
+        shutil.rmtree(trees["hyp-1"])
+        (removed,) = daemon.wait_event("worktree_removed", timeout=30)
+        took = time.monotonic() - deleted_at
+        assert removed["hypothesis"] == "hyp-1"
+        assert took < 6.0, f"removal seen after {took:.1f}s: by the periodic round"
+    finally:
+        daemon.stop()
