@@ -201,3 +201,24 @@ def test_undecodable_path_parses_rust_debug_text() -> None:
     msg = 'Unable to decode path "/tmp/x/bad\\xFF\\xFEname \\"q\\"\\n" to string'
     assert undecodable_path(msg) == os.fsdecode(b'/tmp/x/bad\xff\xfename "q"\n')
     assert undecodable_path("something else") is None
+
+
+async def test_a_stopped_watcher_keeps_nobody_waiting_for_an_arm(tmp_path: Path) -> None:
+    """A worktree added as the daemon stops: its re-arm never comes (the watch thread
+    is gone), and the thread waiting for it held the process up to 30 s after
+    daemon_stopped (asyncio.run waits for its executor threads)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    col = Collector()
+    w = Watcher(asyncio.get_running_loop(), col.on_chunk, col.on_restart, step_ms=10)
+    w.set_paths([str(a)])
+    w.start()
+    assert await w.wait_armed(10)
+    w.set_paths([str(a), str(b)])  # a re-arm asked for ...
+    waiting = asyncio.ensure_future(w.wait_armed(30))
+    await asyncio.sleep(0)  # ... and waited for, when the stop comes
+    await asyncio.to_thread(w.stop)
+    await asyncio.wait_for(waiting, 5)  # armed just before the stop, or not: at once
+    w.set_paths([str(a), str(b), str(tmp_path)])  # a rediscovery racing the shutdown
+    assert await asyncio.wait_for(w.wait_armed(30), 5) is False

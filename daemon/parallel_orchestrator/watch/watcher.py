@@ -171,7 +171,8 @@ class Watcher:
             if not grows:
                 return False
             self._generation += 1
-            self._armed.clear()
+            if not self._stop.is_set():  # stopped: nothing will arm, nobody may wait
+                self._armed.clear()
         return True
 
     def rearm(self) -> None:
@@ -194,11 +195,16 @@ class Watcher:
         self._thread.start()
 
     async def wait_armed(self, timeout: float) -> bool:
-        """True once the current path set is being watched (READY=1 waits for this)."""
-        return await asyncio.to_thread(self._armed.wait, timeout)
+        """True once the current path set is being watched (READY=1 waits for this);
+        False at once when the watcher stopped (the waiting thread would otherwise hold
+        the process's exit: asyncio.run waits for its executor threads)."""
+        armed = await asyncio.to_thread(self._armed.wait, timeout)
+        return armed and not self._stop.is_set()
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
+            self._armed.set()  # wakes whoever waits for an arm that will never come
         if self._thread is not None:
             self._thread.join(timeout)
 
