@@ -164,3 +164,14 @@ def index_worktrees(
             if isinstance(exc, PermissionError):
                 hidden.append(wt.id)
     return WorktreeIndex(roots, locks, admin_dirs, hidden), problems
+
+
+def reindex(
+    worktrees: Iterable[Worktree], previous: WorktreeIndex
+) -> tuple[WorktreeIndex, list[tuple[str, str]]]:
+    """``index_worktrees`` again, leaving out the problems of the worktrees whose git dir
+    a permission already hid in ``previous``: a hidden worktree is read again on every
+    round (until its ``index.lock`` is known: a checkout there must hold its runs), and
+    said once, not on every retry."""
+    index, problems = index_worktrees(worktrees)
+    return index, [(hyp, error) for hyp, error in problems if hyp not in previous.hidden]

@@ -19,7 +19,7 @@ import contextlib
 import os
 import secrets
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from ..jobs import janitor, ledger
 from ..jobs.runner import install_child_watcher, reap_orphan_zombies
 from ..pipeline.batcher import Batch
 from ..pipeline.scheduler import Scheduler
-from ..repo.worktreeindex import WorktreeIndex, index_worktrees
+from ..repo.worktreeindex import WorktreeIndex, reindex
 from ..repo.worktrees import Worktree, WorktreeError, discover_async
 from ..report.eventlog import configure_logging, get_logger
 from ..report.status import StatusBoard, load_previous
@@ -346,7 +346,7 @@ class Daemon:
                     "worktree_branch_changed", new[hyp], previous_branch=old[hyp].branch
                 )
         self.reuse.set_worktrees({wt.id: wt.path for wt in new.values()})
-        self._index_worktrees(new.values())
+        self._index_worktrees()
         self.board.set_hypotheses(
             ((wt.id, os.fsdecode(wt.path), wt.branch) for wt in new.values()),
             [s.name for s in self.settings.scripts],
@@ -356,15 +356,11 @@ class Daemon:
             if added and self.settings.daemon.run_on_start:
                 self._run_everything(added, reason="worktree_added")
 
-    def _index_worktrees(self, worktrees: Iterable[Worktree]) -> None:
-        """Read git's layout anew. A git dir a permission still hides (read again each
-        round, and when the watcher takes a root back, until its ``index.lock`` is
-        known: a checkout there must hold its runs) is not said again."""
-        before = self.index.hidden
-        self.index, problems = index_worktrees(worktrees)
+    def _index_worktrees(self) -> None:
+        """Read git's layout of the worktrees anew (``reindex``)."""
+        self.index, problems = reindex(self.worktrees.values(), self.index)
         for hyp, error in problems:
-            if hyp not in before:
-                self.log.warning("git_dir_unknown", hypothesis=hyp, error=error)
+            self.log.warning("git_dir_unknown", hypothesis=hyp, error=error)
         if self.watcher is not None:
             self.watcher.set_paths(self.markers.with_folder(self.index.watch_paths()))
 
@@ -373,8 +369,7 @@ class Daemon:
 
     async def rediscover(self) -> None:
         async with self._discovery_lock:
-            served = [wt.path for wt in self.worktrees.values()]
-            found = await self.repo_presence.discover(self.settings.worktrees, served)
+            found = await self.repo_presence.discover(self.settings.worktrees, self.worktrees)
             if found is None:
                 return
             # The branch counts too: a `git checkout` in a worktree must reach the status
@@ -383,7 +378,7 @@ class Daemon:
             if {(wt.id, wt.path, wt.branch) for wt in found} != current:
                 await self._apply_worktrees(found)
             elif self.index.hidden:  # e.g. a worktree no longer hidden: its lock again
-                self._index_worktrees(self.worktrees.values())
+                self._index_worktrees()
 
     async def _apply_worktrees(self, found: list[Worktree]) -> None:
         """``_set_worktrees``, but a new worktree is watched before it is announced.
@@ -436,7 +431,7 @@ class Daemon:
     # == changes ==========================================================================
     def _on_watcher_restart(self, reason: str) -> None:
         if self.index.hidden:  # a root readable again: its index.lock before any edit
-            self._index_worktrees(self.worktrees.values())
+            self._index_worktrees()
         self.log.warning("watcher_restarted", reason=reason)
         self.reuse.invalidate()  # changes may have been missed: relist before the next key
 
@@ -502,8 +497,7 @@ class Daemon:
             if script.name not in kept:
                 self.scheduler.cancel_script(script.name)  # ends ``cancelled``
         async with self._discovery_lock:
-            served = [wt.path for wt in self.worktrees.values()]  # kept while hidden
-            found = await self.repo_presence.discover(new.worktrees, served)
+            found = await self.repo_presence.discover(new.worktrees, self.worktrees)
             if found is None:
                 found = list(self.worktrees.values())
             # also reshapes the status board for the new scripts

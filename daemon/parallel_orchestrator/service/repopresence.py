@@ -11,7 +11,7 @@ are logged when their message changes, not on every retry.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,12 @@ class RepoPresence:
         board.doc["daemon"]["repo_state"] = REPO_OK
 
     async def discover(
-        self, settings: WorktreeSettings, known: Collection[Path] = ()
+        self, settings: WorktreeSettings, served: Mapping[str, Worktree] | None = None
     ) -> list[Worktree] | None:
         """The worktrees, or None (the failure said as above) when they cannot be listed.
-        ``known``: the paths being served (``worktrees.discover_async``)."""
+        ``served``: the worktrees being served, kept while a permission hides them
+        (``worktrees.discover_async``)."""
+        known = [wt.path for wt in (served or {}).values()]
         try:
             found = await discover_async(settings, known=known)
         except WorktreeError as exc:

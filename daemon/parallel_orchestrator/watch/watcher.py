@@ -183,7 +183,8 @@ class Watcher:
         """
         with self._lock:
             self._generation += 1
-            self._armed.clear()
+            if not self._stop.is_set():  # see set_paths
+                self._armed.clear()
 
     def set_step(self, step_ms: int) -> None:
         with self._lock:
