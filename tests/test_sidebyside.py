@@ -321,3 +321,44 @@ def test_a_recorded_root_that_is_not_ours_is_left_alone(tmp_path: Path) -> None:
         (state / "tmproot").write_text(os.fsdecode(recorded) + "\n")
         assert JobTempDirs(base, state).open() is None
     assert (precious / "keep").exists()
+
+
+class _Flushed:
+    error = ""
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_swept_wait_marker_is_answered_only_after_the_sweeps_sentinel_came_through(
+    tmp_path: Path,
+) -> None:
+    """A ``wait`` that began during start-up: its marker is found by listing the folder,
+    but the edit made before it may still be in the watcher's queue. Answering at the
+    listing gave the verdict of the state before that edit (1 run in 5 under load); the
+    marker waits for a sentinel the sweep drops behind it in the same queue."""
+    from parallel_orchestrator.watch.waitmarks import WaitMarkers
+
+    markers = WaitMarkers(tmp_path / "wait", _Flushed())
+    markers.prepare()
+    early = markers.folder / "123-abc.wait"
+    early.write_bytes(b"")
+    markers.sweep()
+    markers.settle(quiet=True)  # the queue may still hold the edit: not yet
+    assert early.exists() and not markers.pending
+    (sentinel,) = [p for p in markers.folder.iterdir() if p != early]
+    markers.seen(os.fsdecode(sentinel))  # the watcher delivers it: all before it is in
+    markers.settle(quiet=False)  # the edit it vouches for is still being batched
+    assert early.exists()
+    markers.settle(quiet=True)
+    assert not early.exists() and not sentinel.exists()
+    assert markers.acknowledged == 2
+
+
+def test_a_sweep_of_an_empty_wait_folder_drops_nothing(tmp_path: Path) -> None:
+    from parallel_orchestrator.watch.waitmarks import WaitMarkers
+
+    markers = WaitMarkers(tmp_path / "wait", _Flushed())
+    markers.prepare()
+    markers.sweep()
+    assert list(markers.folder.iterdir()) == [] and not markers.pending

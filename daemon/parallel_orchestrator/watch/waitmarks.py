@@ -16,6 +16,15 @@ or dropped as ignored) and the status file showing those jobs queued has been wr
 ``queued``/``running``. Markers never reach the batcher, so they never trigger a run;
 whatever is left in the folder (a daemon that died) is cleared at the next start.
 
+A ``wait`` that starts while the daemon starts may drop its marker before the watch is
+armed: its creation is then never delivered, so the folder is listed once the watch is
+up (``sweep``). A listed marker is not answered at once, though: the edit made before it
+may still be in the watcher's queue (the status file says ``idle`` before the listing,
+so that edit and marker are fair game), and answering then gave the verdict of the state
+before the edit. The sweep therefore drops a marker of its own, and the listed markers
+join the pending ones only when the watcher delivers it: everything queued before it,
+the edits before the listed markers included, has been delivered by then.
+
 Roots the watcher has to stat-poll (non-UTF-8 names, see watcher.py) are outside this
 ordering guarantee.
 """
@@ -25,12 +34,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import OrchestratorError
 from ..store.folders import make_dirs
+from ..store.safe_open import write_new
 
 FOLDER_NAME = "wait"
 MARKER_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\.wait")
@@ -68,6 +79,7 @@ class WaitMarkers:
         self._log = log
         self._prefix = os.fsdecode(folder).rstrip("/") + "/"
         self._pending: dict[str, None] = {}  # marker paths, in the order seen
+        self._swept: dict[str, list[str]] = {}  # our sentinel -> the markers it vouches for
         self.acknowledged = 0  # markers acknowledged since start (published in the status)
 
     def prepare(self) -> None:
@@ -100,12 +112,26 @@ class WaitMarkers:
             self.folder
         ):
             self._pending[path] = None
+            for swept in self._swept.pop(path, ()):  # our sentinel came through
+                self._pending[swept] = None
 
     def sweep(self) -> None:
-        """Markers already in the folder (written before the watch was armed)."""
+        """Markers already in the folder (perhaps written before the watch was armed):
+        pending once a sentinel dropped now comes through the watcher (module docstring)."""
+        folder = os.fsdecode(self.folder)
+        found: list[str] = []
         with contextlib.suppress(OSError), os.scandir(self.folder) as entries:
-            for entry in entries:
-                self.seen(entry.path)
+            found = [os.path.join(folder, e.name) for e in entries if MARKER_RE.fullmatch(e.name)]
+        if not found:
+            return
+        sentinel = os.path.join(folder, f"po-sweep-{os.getpid()}-{secrets.token_hex(6)}.wait")
+        try:
+            write_new(Path(sentinel), b"")
+        except OSError:
+            for path in found:  # no sentinel: answer them as before, at the next quiet
+                self._pending[path] = None
+            return
+        self._swept[sentinel] = found
 
     @property
     def pending(self) -> bool:
