@@ -151,3 +151,42 @@ def test_a_hidden_worktree_then_deleted_is_removed_promptly(
         assert took < 6.0, f"removal seen after {took:.1f}s: by the periodic round"
     finally:
         daemon.stop()
+
+
+def test_a_worktree_unreadable_at_start_is_served_and_taken_in_once_readable(
+    trees: dict[str, Path], tmp_path: Path
+) -> None:
+    """Git calls it prunable, so it was left out without a word, and served only by the
+    periodic round after its mode came back: an edit made before that was lost."""
+    os.chmod(trees["hyp-1"], 0)
+    daemon = _start(tmp_path, trees)
+    try:
+        assert "hyp-1" in daemon.status()["hypotheses"]
+        (unreadable,) = daemon.wait_event("worktree_unreadable", timeout=30)
+        assert unreadable["path"] == os.fsdecode(trees["hyp-1"])
+        os.chmod(trees["hyp-1"], 0o755)
+        daemon.wait_event("watcher_restarted", timeout=30)
+        _edit_runs(daemon, trees["hyp-1"])
+        assert [e for e in daemon.events("worktree_added") if not e.get("initial")] == []
+    finally:
+        daemon.stop()
+
+
+def test_a_hidden_worktree_replaced_by_a_file_is_removed_promptly(
+    trees: dict[str, Path], tmp_path: Path
+) -> None:
+    """Readable again, but no longer a folder: taking it back asks for a rediscovery."""
+    daemon = _start(tmp_path, trees)
+    try:
+        _hide_and_rediscover(daemon, trees, tmp_path)
+        daemon.wait_event("worktree_unreadable", timeout=30)
+        os.chmod(trees["hyp-1"], 0o755)
+        replaced_at = time.monotonic()
+        shutil.rmtree(trees["hyp-1"])
+        trees["hyp-1"].write_text("not a worktree\n")
+        (removed,) = daemon.wait_event("worktree_removed", timeout=30)
+        took = time.monotonic() - replaced_at
+        assert removed["hypothesis"] == "hyp-1"
+        assert took < 6.0, f"removal seen after {took:.1f}s: by the periodic round"
+    finally:
+        daemon.stop()

@@ -8,9 +8,9 @@ treat half-removed worktrees (folder gone, git not yet pruned) as removed.
 A worktree nobody can look into right now is not a removed one: ``chmod 000`` on it (or
 on its parent) makes git call it prunable and ``isdir`` say no, for as long as the mode
 lasts. Dropping it then lost the edit made right after the mode came back (the watch was
-gone, and only the next periodic round re-added it). So a worktree in ``known`` (the
-ones being served) whose folder cannot be examined for lack of permission is kept; it
-goes only when its folder is really gone.
+gone, and only the next periodic round re-added it). So a worktree whose folder cannot
+be examined for lack of permission is served (kept, or taken in at start); it goes
+only when its folder is really gone (see ``_hidden_known``).
 """
 
 from __future__ import annotations
@@ -183,16 +183,20 @@ def _assemble(
 
 
 def _hidden_known(raw: str, known: Collection[Path]) -> bool:
-    """Whether ``raw`` is a served worktree that only a permission hid (its folder, or
-    the ``.git`` git looks for in it, answers EACCES/EPERM), as opposed to one gone.
+    """Whether ``raw``, which git calls prunable (or ``isdir`` says is no folder), is a
+    worktree to serve anyway: one only a permission hides (its folder, or the ``.git``
+    git looks for in it, answers EACCES/EPERM), as opposed to one gone.
+
+    Hidden ones are served whether or not they were (``known``): a worktree unreadable
+    when the daemon starts used to be left out without a word, and served only by the
+    next periodic round after its mode came back, so an edit made before that was lost.
+    Served, the watcher says ``worktree_unreadable`` and takes it in once readable.
 
     Git looked before we do: a mode flipped back in between (``chmod 000`` then ``755``)
     leaves git's "prunable" stale while the folder and its ``.git`` are plainly there.
-    That is git's own test passing now, so it is kept too: only a folder or ``.git``
-    that is really missing (or no longer a folder) counts as removed.
+    That is git's own test passing now, so a served worktree is kept then too: only a
+    folder or ``.git`` really missing (or no longer a folder) counts as removed.
     """
-    if not known or Path(os.path.realpath(raw)) not in known:
-        return False
     for probe in (raw, os.path.join(raw, ".git")):
         try:
             os.lstat(probe)
@@ -200,7 +204,7 @@ def _hidden_known(raw: str, known: Collection[Path]) -> bool:
             return True
         except OSError:
             return False
-    return True
+    return Path(os.path.realpath(raw)) in known
 
 
 def _selected(ident: str, include: Iterable[str], exclude: Iterable[str]) -> bool:

@@ -287,9 +287,10 @@ class Watcher:
         files changed there since they were hidden (nothing watched them meanwhile)."""
         for root, since in self._hidden.take().items():
             self._post(self._on_restart, f"{root}: readable again, watched again")
+            # The root itself as changed: the daemon lists the worktrees again (it may be
+            # a file or a link now, not the folder that was hidden).
             recovered = changed_since([root], since - HIDDEN_SLACK_S)
-            if recovered:
-                self._post_changes(recovered)
+            self._post_changes({*recovered, (Change.modified, root)})
 
     def _back_off(self, state: _WatchState) -> None:
         self._stop.wait(state.backoff)
