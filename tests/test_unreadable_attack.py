@@ -8,10 +8,12 @@ without CAP_DAC_OVERRIDE (``without_read_override``), so modes hide things from 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -189,4 +191,56 @@ def test_a_hidden_worktree_replaced_by_a_file_is_removed_promptly(
         assert removed["hypothesis"] == "hyp-1"
         assert took < 6.0, f"removal seen after {took:.1f}s: by the periodic round"
     finally:
+        daemon.stop()
+
+
+def test_a_worktree_whose_git_file_is_unreadable_is_read_again(
+    trees: dict[str, Path], tmp_path: Path
+) -> None:
+    """Only its ``.git`` file hidden: git still lists it (not prunable), but its git dir
+    was unknown for good (the error came wrapped, so it was not taken for a permission
+    one), and a checkout there held no runs until the worktree set next changed."""
+    probe = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from parallel_orchestrator.repo.worktrees import discover\n"
+        "from parallel_orchestrator.repo.worktreeindex import index_worktrees\n"
+        "from parallel_orchestrator.settings.loader import WorktreeSettings\n"
+        "found = discover(WorktreeSettings(repo=Path(sys.argv[1])))\n"
+        "index, problems = index_worktrees(found)\n"
+        "print(json.dumps({'hidden': sorted(index.hidden), 'problems': len(problems)}))\n"
+    )
+    dot_git = trees["hyp-1"] / ".git"
+    dot_git.chmod(0)
+    done = subprocess.run(
+        [*without_read_override(), sys.executable, "-c", probe, os.fsdecode(trees["repo"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    dot_git.chmod(0o644)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"hidden": ["hyp-1"], "problems": 1}
+
+
+def test_a_repository_behind_an_unreadable_folder_is_not_called_missing(
+    trees: dict[str, Path], tmp_path: Path
+) -> None:
+    """``chmod 000`` on the folder holding the repository: ``isdir`` says no, and the
+    daemon said ``repo_missing`` ("no such directory") about a repository still there."""
+    daemon = _start(tmp_path, trees)
+    above = trees["repo"].parent
+    try:
+        above.chmod(0)
+        daemon.signal(signal.SIGHUP)  # lists the worktrees while the folder is hidden
+        daemon.wait_event("config_reloaded", timeout=30)
+        above.chmod(0o755)
+        (failed,) = daemon.wait_event("worktree_discovery_failed")
+        assert "permission denied" in failed["error"]
+        assert daemon.events("repo_missing") == []
+        assert daemon.status()["daemon"]["repo_state"] == "ok"
+        _edit_runs(daemon, trees["hyp-1"])
+    finally:
+        above.chmod(0o755)
         daemon.stop()

@@ -161,8 +161,8 @@ def index_worktrees(
             admin_dirs.add(os.fsdecode(git_common_dir(wt.path) / "worktrees"))
         except (WorktreeError, OSError) as exc:
             problems.append((wt.id, str(exc)))
-            if isinstance(exc, PermissionError):
-                hidden.append(wt.id)
+            if isinstance(exc, PermissionError) or isinstance(exc.__cause__, PermissionError):
+                hidden.append(wt.id)  # the folder, or its .git file, chmod 000
     return WorktreeIndex(roots, locks, admin_dirs, hidden), problems
 
 

@@ -103,7 +103,21 @@ def _list_failed(repo: Path, exc: GitError) -> WorktreeError:
 
 def _require_dir(repo: Path) -> None:
     if not os.path.isdir(repo):
+        if hidden_by_permission(repo):  # there, maybe: a folder above it is chmod 000
+            raise WorktreeError(f"{_show(repo)}: cannot be examined: permission denied")
         raise WorktreeError(f"{_show(repo)}: not a git repository (no such directory)")
+
+
+def hidden_by_permission(path: Path | str) -> bool:
+    """Whether ``path`` cannot be examined for lack of permission (a folder above it
+    cannot be searched): not known to be gone, unlike what ``isdir`` alone says."""
+    try:
+        os.lstat(path)
+    except PermissionError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _check_git(repo: Path, done: GitResult) -> bytes:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..repo.worktrees import Worktree, WorktreeError, discover_async
+from ..repo.worktrees import Worktree, WorktreeError, discover_async, hidden_by_permission
 from ..report.status import StatusBoard
 from ..report.statuswriter import StatusWriter
 from ..settings.loader import WorktreeSettings
@@ -62,7 +62,7 @@ class RepoPresence:
 
     def failed(self, repo: Path | None, error: str) -> None:
         """A discovery failed with ``error``; ``repo`` is the configured repository."""
-        if repo is not None and not os.path.isdir(repo):
+        if repo is not None and not os.path.isdir(repo) and not hidden_by_permission(repo):
             if not self.missing:
                 self.missing = True
                 self._log().error("repo_missing", repo=os.fsdecode(repo), error=error)
