@@ -110,6 +110,39 @@ def test_a_log_file_and_status_file_inside_a_moved_repository_are_not_recreated(
         daemon.stop()
 
 
+def test_a_deleted_worktree_holding_the_log_and_status_file_is_not_recreated(
+    tmp_path: Path,
+) -> None:
+    """A linked worktree deleted by hand (``rm -rf``) is dropped at the next rediscovery;
+    the fence used to be replaced by the worktrees then served, so the next log line and
+    status write brought its folder back (holding only logs/ and out/)."""
+    _, trees = make_repo(tmp_path / "r", hypotheses=("hyp-1",))
+    repo, hyp = trees["repo"], trees["hyp-1"]
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        SCRIPTS,
+        log_file=os.fsdecode(hyp / "logs" / "po.log"),
+        status_file=os.fsdecode(hyp / "out" / "status.json"),
+    )
+    daemon = DaemonProcess(config)
+    daemon.log_path = config.parent / "state" / "events.jsonl"
+    daemon.status_path = hyp / "out" / "status.json"
+    try:
+        daemon.wait_ready()
+        shutil.rmtree(hyp)
+        daemon.wait_event("worktree_removed")
+        _reload_round(daemon)  # a log line and a status write after the removal
+        assert not hyp.exists()
+        stderr = daemon.stderr_path.read_text()
+        assert stderr.count("cannot write log") == 1
+        assert f"inside the missing worktree {hyp}" in stderr
+        assert len(daemon.events("status_write_failed")) == 1
+    finally:
+        daemon.stop()
+    assert not hyp.exists()
+
+
 def test_a_state_dir_inside_a_moved_repository_is_waited_for_not_recreated(
     tmp_path: Path,
 ) -> None:

@@ -282,6 +282,19 @@ def test_a_missing_fenced_folder_is_not_recreated_and_nothing_is_created(
     assert missing_fenced_parent(repo / ".po-state") == (repo, "repository")
 
 
+def test_a_worktree_no_longer_served_stays_fenced(fenced: tuple[Path, Path]) -> None:
+    """Deleted by hand, a worktree leaves the served set at the next rediscovery: its
+    folder must not come back through a log or status file inside it then either."""
+    repo, worktree = fenced
+    fence(repo, [repo])  # rediscovery no longer lists it
+    worktree.rmdir()
+    with pytest.raises(FencedError, match=f"inside the missing worktree {worktree}"):
+        make_dirs(worktree / "logs", 0o700)
+    assert not worktree.exists()
+    worktree.mkdir()  # recreated by the user: used as before
+    make_dirs(worktree / "logs", 0o700)
+
+
 def test_a_fenced_folder_is_recognised_through_a_symlinked_parent(tmp_path: Path) -> None:
     real = tmp_path / "real"
     (real / "repo").mkdir(parents=True)

@@ -14,9 +14,9 @@ Folders *below* a fenced folder that exists are created as before.
 The fenced set is process-wide state kept here alone (the shape of structlog's
 ``_config``): ``run`` fences the configured repository before it creates anything (a
 repository missing at start-up is not brought into being by the state dir or the log
-file either), the daemon fences every worktree once it knows them (``fence``) and again
-when they change; ``reset_fence`` empties it (tests). Commands that do not call
-``fence`` (``init``, ``once``, ``rerun``) are unaffected.
+file either), the daemon fences every worktree once it knows them (``fence``) and each
+new one as it comes (a removed one stays fenced); ``reset_fence`` empties it (tests).
+Commands that do not call ``fence`` (``init``, ``once``, ``rerun``) are unaffected.
 """
 
 from __future__ import annotations
@@ -52,15 +52,21 @@ def _spellings(path: Path) -> set[str]:
 
 
 def fence(repo: Path | None, worktrees: Iterable[Path]) -> None:
-    """From now on never create ``repo`` (``worktrees.repo``) or any of ``worktrees``."""
-    fenced: dict[str, tuple[Path, str]] = {}
+    """From now on never create ``repo`` (``worktrees.repo``) or any of ``worktrees``.
+
+    Folders fenced before stay fenced: a worktree deleted by hand (``rm -rf``) is no
+    longer served once rediscovery drops it, and a log or status file inside it must not
+    bring its folder back then either. A folder the user recreates is used as before
+    (only creating a fenced level is refused), so the set only grows, by the worktrees
+    this daemon ever served."""
+    global _fenced
+    fenced = dict(_fenced)
     for path in worktrees:
         for spelling in _spellings(path):
             fenced[spelling] = (path, "worktree")
     if repo is not None:  # the repository wins where it is also the main worktree
         for spelling in _spellings(repo):
             fenced[spelling] = (repo, "repository")
-    global _fenced
     _fenced = fenced
 
 
