@@ -53,6 +53,38 @@ def test_a_moved_repository_is_repo_missing_once_and_recovered_when_back(
         daemon.stop()
 
 
+def test_status_and_logs_say_the_repository_is_missing_and_back(tmp_path: Path) -> None:
+    """``status`` showed "daemon: idle" and the stale table, ``logs`` neither the
+    ``repo_missing`` nor the ``repo_restored`` line: the state was in the files only."""
+    _, trees = make_repo(tmp_path / "r", hypotheses=())
+    repo = trees["repo"]
+    config = write_config(tmp_path / "cfg" / "po.toml", repo, SCRIPTS)
+    daemon = DaemonProcess(config)
+    cfg = ("-c", os.fsdecode(config))
+    try:
+        daemon.wait_ready()
+        moved = tmp_path / "r" / "moved-away"
+        os.rename(repo, moved)
+        daemon.wait_event("repo_missing")
+        daemon.wait_status(lambda d: d["daemon"]["repo_state"] == "repo_missing")
+        shown = run_cli("status", *cfg, cwd=config.parent, timeout=30)
+        assert shown.returncode == 0, shown.stderr
+        assert "repository missing (moved or deleted)" in shown.stdout
+        logs = run_cli("logs", *cfg, cwd=config.parent, timeout=30)
+        assert "repo_missing" in logs.stdout
+        assert os.fsdecode(repo) in logs.stdout
+        os.rename(moved, repo)
+        daemon.wait_event("repo_restored")
+        daemon.wait_status(lambda d: d["daemon"]["repo_state"] == "ok")
+        shown = run_cli("status", *cfg, cwd=config.parent, timeout=30)
+        assert "repository missing" not in shown.stdout
+        logs = run_cli("logs", *cfg, cwd=config.parent, timeout=30)
+        assert "repo_restored" in logs.stdout
+        assert not repo.joinpath("logs").exists()
+    finally:
+        daemon.stop()
+
+
 # -- nothing recreated where the repository was (its folder is git's and the user's) ------
 SCRIPTS = [{"name": "py", "command": ["true"], "watch": ["**/*.py"]}]
 ANOTHER_DAEMON = "another daemon"

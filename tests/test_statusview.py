@@ -198,6 +198,19 @@ def test_summary_line() -> None:
     assert summary_line(one) == "1 hypothesis"
 
 
+def test_a_missing_repository_is_said_in_the_header_and_the_summary() -> None:
+    """``daemon.repo_state`` = ``repo_missing``: nothing runs until the repository is
+    back, which the table of stale cells alone does not tell (nor systemd's STATUS=)."""
+    doc = make_doc(state="idle")
+    doc["daemon"]["repo_state"] = "repo_missing"
+    lines = render_table(doc, now=NOW).splitlines()
+    assert lines[1].startswith("repository missing (moved or deleted)")
+    assert summary_line(doc).startswith("repository missing, 3 hypotheses")
+    doc["daemon"]["repo_state"] = "ok"
+    assert "repository missing" not in render_table(doc, now=NOW)
+    assert not summary_line(doc).startswith("repository missing")
+
+
 def test_empty_document_renders() -> None:
     doc = {"schema_version": 1, "daemon": {"state": "starting"}, "hypotheses": {}}
     text = render_table(doc, now=NOW)

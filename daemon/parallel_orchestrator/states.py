@@ -44,6 +44,10 @@ DAEMON_STATES: tuple[str, ...] = (
     DAEMON_STOPPED,
 )
 
+# -- the repository's presence (status file: daemon.repo_state) --------------------------
+REPO_OK = "ok"
+REPO_MISSING = "repo_missing"  # worktrees.repo was moved or deleted: nothing runs
+
 # -- sizes ------------------------------------------------------------------------------
 # The last bytes of a job's output kept in its outcome and status cell (output_tail).
 OUTPUT_TAIL_BYTES = 2048

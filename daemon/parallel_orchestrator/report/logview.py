@@ -47,6 +47,12 @@ NOTABLE_EVENTS = frozenset(
         "status_write_failed",
         "watcher_restarted",
         "daemon_crashed",
+        # The repository (or the state dir inside it) moved away and back: nothing ran.
+        "repo_missing",
+        "repo_restored",
+        "state_dir_missing",
+        "state_dir_restored",
+        "state_dir_lost",
     }
 )
 
@@ -182,6 +188,8 @@ def _details(event: Mapping[str, Any]) -> str:
     if name == "config_invalid":
         errors = event.get("errors")
         return "; ".join(map(str, errors)) if isinstance(errors, list) else str(errors)
+    if name in ("repo_missing", "repo_restored"):
+        return f"repo {event.get('repo')}"
     for key in ("reason", "error", "path"):
         if event.get(key) is not None:
             return f"{key} {event.get(key)}"

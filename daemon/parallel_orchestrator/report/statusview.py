@@ -36,6 +36,7 @@ from ..states import (
     NEVER_RUN,
     PASS,
     QUEUED,
+    REPO_MISSING,
     RUNNING,
     TIMEOUT,
 )
@@ -279,6 +280,8 @@ def summary_line(doc: Mapping[str, Any]) -> str:
     n_hyp = len(doc.get("hypotheses", {}))
     counts = _count_states(doc)
     parts = [f"{n_hyp} {'hypothesis' if n_hyp == 1 else 'hypotheses'}"]
+    if _repo_missing(doc.get("daemon")):  # nothing runs until it is back: said first
+        parts.insert(0, "repository missing")
     failing = sum(counts[s] for s in _FAILING)
     for count, label in (
         (counts[RUNNING], "running"),
@@ -401,6 +404,8 @@ def _header(doc: Mapping[str, Any], now: float, color: bool) -> list[str]:
     updated = parse_timestamp(daemon.get("updated_at"))
     line += f", updated {format_ago(now - updated)}" if updated is not None else ", never updated"
     lines = [line]
+    if _repo_missing(daemon):
+        lines.append(_paint(REPO_MISSING_LINE, "bold_red", color))
     details = []
     if daemon.get("version"):
         details.append(f"version {one_line(daemon['version'])}")
@@ -412,6 +417,16 @@ def _header(doc: Mapping[str, Any], now: float, color: bool) -> list[str]:
     if rejected:
         lines.append(_paint(rejected, "yellow", color))
     return lines
+
+
+REPO_MISSING_LINE = (
+    "repository missing (moved or deleted): nothing runs until it is back at worktrees.repo"
+)
+
+
+def _repo_missing(daemon: object) -> bool:
+    """``daemon.repo_state`` says the repository was moved or deleted."""
+    return isinstance(daemon, Mapping) and daemon.get("repo_state") == REPO_MISSING
 
 
 def _config_error_line(daemon: Mapping[str, Any]) -> str:

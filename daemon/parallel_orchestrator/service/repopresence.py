@@ -19,9 +19,7 @@ from ..repo.worktrees import Worktree, WorktreeError, discover_async, hidden_by_
 from ..report.status import StatusBoard
 from ..report.statuswriter import StatusWriter
 from ..settings.loader import WorktreeSettings
-
-REPO_OK = "ok"
-REPO_MISSING = "repo_missing"
+from ..states import REPO_MISSING, REPO_OK
 
 
 class RepoPresence:
@@ -65,7 +63,7 @@ class RepoPresence:
         if repo is not None and not os.path.isdir(repo) and not hidden_by_permission(repo):
             if not self.missing:
                 self.missing = True
-                self._log().error("repo_missing", repo=os.fsdecode(repo), error=error)
+                self._log().error(REPO_MISSING, repo=os.fsdecode(repo), error=error)
                 self._set(REPO_MISSING)
             return
         if error != self._last_error:
