@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from harness import DaemonProcess, make_repo, run_cli, wait_until, write_config
+from parallel_orchestrator.repo.worktrees import Worktree
+from parallel_orchestrator.service.repopresence import replaced_folders
 
 
 def test_a_moved_repository_is_repo_missing_once_and_recovered_when_back(
@@ -83,6 +85,42 @@ def test_status_and_logs_say_the_repository_is_missing_and_back(tmp_path: Path) 
         assert not repo.joinpath("logs").exists()
     finally:
         daemon.stop()
+
+
+def test_a_repository_swapped_for_a_fresh_clone_between_two_rounds_is_watched_anew(
+    tmp_path: Path,
+) -> None:
+    """Replaced faster than a discovery round notices it missing (``mv repo old && mv
+    clone repo``): each round found a repository at the path, so it was never
+    ``repo_missing``, never re-armed, and inotify kept watching the old folder: no edit
+    in the new one ever ran."""
+    _, trees = make_repo(tmp_path / "r", hypotheses=())
+    repo = trees["repo"]
+    _, fresh = make_repo(tmp_path / "clone", hypotheses=())
+    config = write_config(tmp_path / "cfg" / "po.toml", repo, SCRIPTS)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        os.rename(repo, tmp_path / "r" / "old")
+        os.rename(fresh["repo"], repo)
+        (restarted,) = daemon.wait_event("watcher_restarted", timeout=45)
+        assert f"{repo}: replaced by another folder" in restarted["reason"]
+        (repo / "src" / "app.py").write_text("VALUE = 2\n")
+        daemon.wait_event("job_finished")
+        assert daemon.events("repo_missing") == []
+    finally:
+        daemon.stop()
+
+
+def test_replaced_folders_compares_the_folder_at_a_path_served_before() -> None:
+    def wt(name: str, folder: tuple[int, int] | None) -> Worktree:
+        path = Path("/x") / name
+        return Worktree(id=name, path=path, branch="", head="", is_main=False, folder=folder)
+
+    served = {"a": wt("a", (1, 10)), "b": wt("b", (1, 20)), "c": wt("c", None)}
+    found = [wt("a", (1, 11)), wt("b", (1, 20)), wt("c", (1, 30)), wt("d", (1, 40))]
+    # a: another folder; b: the same; c: unknown before; d: new (watched as it is added).
+    assert replaced_folders(served, found) == [Path("/x/a")]
 
 
 # -- nothing recreated where the repository was (its folder is git's and the user's) ------

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -37,6 +37,19 @@ class Worktree:
     branch: str  # short name ("hyp-3"); "" when detached or not a git worktree
     head: str  # commit sha; "" when unknown (extra paths)
     is_main: bool
+    # (st_dev, st_ino) of the folder when discovered; None when it could not be read. A
+    # new value at the same path is another folder (deleted and cloned again): inotify
+    # watches folders, not paths, so it must be watched anew.
+    folder: tuple[int, int] | None = field(default=None, compare=False)
+
+
+def folder_ident(path: Path) -> tuple[int, int] | None:
+    """The folder's (st_dev, st_ino), or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,7 @@ def _assemble(
                 branch=entry.branch,
                 head=entry.head,
                 is_main=position == 0,
+                folder=folder_ident(path),
             )
         )
     for extra in settings.paths:
@@ -190,7 +204,16 @@ def _assemble(
         if not path.name:
             raise WorktreeError(f"{_show(extra)}: cannot be a hypothesis (no folder name)")
         seen_paths.add(path)
-        found.append(Worktree(id=path.name, path=path, branch="", head="", is_main=False))
+        found.append(
+            Worktree(
+                id=path.name,
+                path=path,
+                branch="",
+                head="",
+                is_main=False,
+                folder=folder_ident(path),
+            )
+        )
     selected = [wt for wt in found if _selected(wt.id, settings.include, settings.exclude)]
     _reject_duplicate_ids(selected)
     return selected

@@ -144,7 +144,7 @@ class Daemon:
         )
         self.feedback = FeedbackGuard(lambda: self.log, self.board.process_ended)
         self.repo_presence = RepoPresence(
-            self.board, self.status, lambda: self.log, before_restored=self._watch_anew
+            self.board, self.status, lambda: self.log, watch_anew=self._watch_anew
         )
         self.scheduler = Scheduler(
             self.feedback.wrap(self.jobs.run),

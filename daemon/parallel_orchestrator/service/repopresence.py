@@ -6,6 +6,11 @@ happened. Now a repository folder that is gone is a state: ``repo_missing`` (log
 and ``daemon.repo_state`` = ``"repo_missing"`` in the status file) until a discovery
 succeeds again (``repo_restored``, ``repo_state`` = ``"ok"``). Other discovery failures
 are logged when their message changes, not on every retry.
+
+A repository back at its path, or one replaced by another folder there between two
+rounds (``mv repo old && mv clone repo``: never seen missing), is another folder than
+the one inotify watches: ``watch_anew`` is awaited before it is served again (the
+latter also said as ``watcher_restarted``), else no edit made in it would ever run.
 """
 
 from __future__ import annotations
@@ -28,15 +33,15 @@ class RepoPresence:
         board: StatusBoard,
         writer: StatusWriter,
         log: Callable[[], Any],
-        before_restored: Callable[[list[Worktree]], Awaitable[None]] | None = None,
+        watch_anew: Callable[[list[Worktree]], Awaitable[None]] | None = None,
     ) -> None:
-        """``before_restored(found)``: awaited when the repository is back, before
-        ``repo_restored`` says so (the daemon watches it anew there: whoever edits on
-        seeing that line must get a run)."""
+        """``watch_anew(found)``: awaited when the repository is back, before
+        ``repo_restored`` says so (whoever edits on seeing that line must get a run), and
+        when a served folder was replaced by another at the same path."""
         self._board = board
         self._writer = writer
         self._log = log
-        self._before_restored = before_restored
+        self._watch_anew = watch_anew
         self.missing = False
         self._last_error = ""
         board.doc["daemon"]["repo_state"] = REPO_OK
@@ -53,8 +58,13 @@ class RepoPresence:
         except WorktreeError as exc:
             self.failed(settings.repo, str(exc))
             return None
-        if self.missing and self._before_restored is not None:
-            await self._before_restored(found)
+        replaced = replaced_folders(served or {}, found)
+        if (self.missing or replaced) and self._watch_anew is not None:
+            await self._watch_anew(found)
+        if replaced and not self.missing:  # said once watched: an edit made then runs
+            shown = ", ".join(os.fsdecode(path) for path in replaced)
+            reason = f"{shown}: replaced by another folder at the same path, watched anew"
+            self._log().warning("watcher_restarted", reason=reason)
         self.succeeded(settings.repo)
         return found
 
@@ -80,3 +90,15 @@ class RepoPresence:
     def _set(self, state: str) -> None:
         self._board.doc["daemon"]["repo_state"] = state
         self._writer.write()
+
+
+def replaced_folders(served: Mapping[str, Worktree], found: list[Worktree]) -> list[Path]:
+    """Paths served before and found again, but now another folder (``Worktree.folder``)."""
+    replaced = []
+    for wt in found:
+        old = served.get(wt.id)
+        if old is None or old.path != wt.path or None in (old.folder, wt.folder):
+            continue
+        if old.folder != wt.folder:
+            replaced.append(wt.path)
+    return replaced
