@@ -75,11 +75,19 @@ def test_status_and_logs_say_the_repository_is_missing_and_back(tmp_path: Path) 
         logs = run_cli("logs", *cfg, cwd=config.parent, timeout=30)
         assert "repo_missing" in logs.stdout
         assert os.fsdecode(repo) in logs.stdout
+        # ``wait`` gives its verdict (nothing ran: 1) and says why nothing will run.
+        waited = run_cli("wait", *cfg, "--timeout", "60", cwd=config.parent, timeout=90)
+        assert waited.returncode == 1, waited.stderr
+        assert "repository missing (moved or deleted)" in waited.stderr
         os.rename(moved, repo)
         daemon.wait_event("repo_restored")
         daemon.wait_status(lambda d: d["daemon"]["repo_state"] == "ok")
         shown = run_cli("status", *cfg, cwd=config.parent, timeout=30)
         assert "repository missing" not in shown.stdout
+        (repo / "src" / "app.py").write_text("VALUE = 2\n")
+        waited = run_cli("wait", *cfg, "--timeout", "60", cwd=config.parent, timeout=90)
+        assert waited.returncode == 0, waited.stderr
+        assert "repository missing" not in waited.stderr
         logs = run_cli("logs", *cfg, cwd=config.parent, timeout=30)
         assert "repo_restored" in logs.stdout
         assert not repo.joinpath("logs").exists()
@@ -225,6 +233,9 @@ def test_a_state_dir_inside_a_moved_repository_is_waited_for_not_recreated(
         daemon.wait_event("repo_missing")
         (waiting,) = daemon.wait_event("state_dir_missing")
         assert waiting["repo"] == os.fsdecode(repo)
+        shown = run_cli("status", "-c", os.fsdecode(config), cwd=config.parent, timeout=30)
+        assert shown.returncode == 3
+        assert f"{repo} does not exist" in shown.stderr
         _reload_round(daemon)
         assert not repo.exists()
         assert daemon.events("state_dir_replaced") == []

@@ -272,8 +272,20 @@ def test_read_status_round_trip(tmp_path: Path) -> None:
 
 
 def test_read_status_missing(tmp_path: Path) -> None:
-    with pytest.raises(StatusFileMissing, match=re.escape(str(tmp_path / "nope.json"))):
+    with pytest.raises(StatusFileMissing, match=re.escape(str(tmp_path / "nope.json"))) as got:
         read_status(tmp_path / "nope.json")
+    assert str(got.value).endswith("no status file (is the daemon running?)")
+
+
+def test_read_status_names_the_missing_folder_it_was_in(tmp_path: Path) -> None:
+    """A state dir inside a repository that was moved away: the folder that is gone is
+    the answer, not only "is the daemon running?" (it is, waiting for it)."""
+    path = tmp_path / "repo" / ".po-state" / "status.json"
+    with pytest.raises(StatusFileMissing) as got:
+        read_status(path)
+    assert str(got.value) == (
+        f"{path}: no status file (is the daemon running? {tmp_path / 'repo'} does not exist)"
+    )
 
 
 @pytest.mark.parametrize(

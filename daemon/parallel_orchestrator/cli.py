@@ -656,6 +656,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
         print()
     else:
         print(render(result))
+    if result.repo_missing:
+        from .report.statusview import REPO_MISSING_LINE
+
+        print(f"{PROG}: wait: {REPO_MISSING_LINE}", file=sys.stderr)
     if result.verdict == "timeout":
         print(f"{PROG}: wait: timed out after {args.timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..states import REPO_MISSING
+
 BUSY_STATES = ("queued", "running")
 MARKER_POLL_S = 0.002
 STATUS_POLL_S = 0.005
@@ -41,6 +43,9 @@ class WaitUsageError(Exception):
 class WaitResult:
     verdict: str  # "pass" | "fail" | "timeout"
     cells: list[dict[str, Any]] = field(default_factory=list)
+    # daemon.repo_state said the repository was moved or deleted: why nothing ran
+    # (said on stderr; not in --json, whose keys are the design's)
+    repo_missing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "cells": self.cells}
@@ -169,10 +174,13 @@ def wait_for_verdict(
         ) from exc
     try:
         if not _await_acknowledgement(marker, reader, deadline):
-            return WaitResult("timeout", _cells(reader.doc, keys))
+            result = WaitResult("timeout", _cells(reader.doc, keys))
+        else:
+            result = _await_cells(reader, keys, deadline)
     finally:
         marker.unlink(missing_ok=True)  # gone already unless we gave up or failed
-    return _await_cells(reader, keys, deadline)
+    result.repo_missing = reader.doc["daemon"].get("repo_state") == REPO_MISSING
+    return result
 
 
 def _await_acknowledgement(marker: Path, reader: _StatusReader, deadline: float | None) -> bool:

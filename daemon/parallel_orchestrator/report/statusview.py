@@ -93,13 +93,25 @@ class StatusFileInvalid(StatusFileError):
     """The file exists but is unreadable, not JSON, or not a schema_version 1 document."""
 
 
+def _missing_folder(path: Path) -> Path | None:
+    """The highest missing folder on the way to ``path`` (a repository holding the state
+    dir was moved away, say), or None when ``path``'s own folder exists."""
+    gone = None
+    folder = Path(os.path.abspath(path)).parent
+    while not os.path.isdir(folder) and folder.parent != folder:
+        gone, folder = folder, folder.parent
+    return gone
+
+
 def read_status(path: Path) -> dict[str, Any]:
     """Load and shape-check the status document so rendering never meets a surprise type."""
     try:
         # Non-blocking, regular files only: a FIFO named as the status file must not hang.
         raw = read_regular(path, follow=True)
     except FileNotFoundError as exc:
-        raise StatusFileMissing(f"{path}: no status file (is the daemon running?)") from exc
+        gone = _missing_folder(path)
+        where = f" {gone} does not exist" if gone is not None else ""
+        raise StatusFileMissing(f"{path}: no status file (is the daemon running?{where})") from exc
     except OSError as exc:
         raise StatusFileInvalid(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
