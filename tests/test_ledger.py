@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from parallel_orchestrator.jobs import janitor
-from parallel_orchestrator.jobs.ledger import JobRecord, Ledger, recover
+from parallel_orchestrator.jobs.ledger import JobRecord, Ledger, put_back, recover
 from process_checks import running, wait_until
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -167,6 +167,35 @@ def test_unreadable_record_is_reported_and_set_aside(tmp_path: Path) -> None:
     assert found[0].moved_to == jobs / "broken.json.corrupt"
     assert [p.name for p in jobs.iterdir()] == ["broken.json.corrupt"]
     assert recover(jobs) == []  # set aside: never read (or reported) again
+
+
+def test_put_back_restores_what_recover_deleted_for_the_start_that_succeeds(
+    tmp_path: Path,
+) -> None:
+    """A start refused after recovery (repository missing) puts the records back: the
+    next start reports the same job (its process gone by then), not nothing."""
+    jobs = tmp_path / "jobs"
+    record = JobRecord(
+        job_id="dead-1",
+        hypothesis="h",
+        script="s",
+        pid=2**22 + 1,  # above the default pid_max: no process
+        pgid=2**22 + 1,
+        start_time=1,
+        batch_id="b",
+        started_at=0.0,
+        boot_id=janitor.boot_id(),
+        daemon_pid=2**22 + 2,
+        daemon_start_time=1,
+    )
+    Ledger(jobs).add(record)
+    (jobs / "broken.json").write_text("{not json")
+    found = recover(jobs)
+    assert sorted(p.name for p in jobs.iterdir()) == ["broken.json.corrupt"]
+    put_back(jobs, found)
+    again = recover(jobs)
+    assert [job.record for job in again] == [record]  # the unreadable one stays aside
+    assert again[0].killed == ()
 
 
 def test_rewrite_drops_our_records_of_jobs_that_ended_while_the_folder_was_away(

@@ -15,7 +15,7 @@ import stat
 import time
 from pathlib import Path
 
-from harness import DaemonProcess, make_repo, run_cli, wait_until, write_config
+from harness import DaemonProcess, make_repo, pid_alive, run_cli, wait_until, write_config
 from parallel_orchestrator.repo.worktrees import Worktree
 from parallel_orchestrator.service.repopresence import replaced_folders
 
@@ -343,5 +343,51 @@ def test_a_job_that_ends_while_the_state_dir_is_away_is_not_recovered_later(
         again.wait_ready()
         assert again.events("job_recovered") == []
         assert again.status()["hypotheses"]["repo"]["scripts"]["py"]["last_result"] == "pass"
+    finally:
+        again.stop()
+
+
+def test_a_start_refused_on_a_missing_repository_keeps_the_dead_daemons_job_records(
+    tmp_path: Path,
+) -> None:
+    """``kill -9`` while the repository is away, then ``run`` (systemd restarting it) while
+    it still is: the start killed the orphaned job and deleted its ledger record, then
+    failed on discovery. The next start, once the repository was back, reported nothing:
+    the job had vanished (cell ``never_run``), no ``job_recovered``, no ``error``."""
+    gate = tmp_path / "gate"
+    _, trees = make_repo(tmp_path / "r", hypotheses=())
+    repo = trees["repo"]
+    wait_gate = f"while [ ! -e '{gate}' ]; do sleep 0.05; done"
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "py", "command": ["sh", "-c", wait_gate], "watch": ["**/*.py"]}],
+    )
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready()
+        (repo / "src" / "app.py").write_text("VALUE = 2\n")
+        (started,) = daemon.wait_event("job_started")
+        moved = tmp_path / "r" / "moved-away"
+        os.rename(repo, moved)
+        daemon.wait_event("repo_missing")
+        daemon.proc.kill()
+        daemon.proc.wait()
+        refused = run_cli("run", "-c", os.fsdecode(config), cwd=config.parent, timeout=60)
+        assert refused.returncode == 2
+        assert "not a git repository (no such directory)" in refused.stderr
+        wait_until(lambda: not pid_alive(started["pid"]), what="the orphaned job killed")
+        assert not repo.exists()
+        os.rename(moved, repo)
+    finally:
+        daemon.stop()
+        gate.touch()
+    again = DaemonProcess(config)
+    try:
+        again.wait_ready()
+        (recovered,) = again.wait_event("job_recovered")
+        assert recovered["job_id"] == started["job_id"]
+        assert recovered["result"] == "error"
+        again.wait_status(lambda d: d["hypotheses"]["repo"]["scripts"]["py"]["state"] == "error")
     finally:
         again.stop()

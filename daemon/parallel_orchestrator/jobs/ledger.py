@@ -235,6 +235,17 @@ def _unusable(path: Path, exc: Exception) -> RecoveredJob:
     return RecoveredJob(None, path, False, (), problem=problem, moved_to=moved)
 
 
+def put_back(jobs_dir: Path, recovered: list[RecoveredJob]) -> None:
+    """Write back the records ``recover`` deleted, when the daemon then could not start
+    (its repository missing, say): the start that succeeds reports those jobs
+    (``job_recovered``, ``error``) instead of their vanishing without a word. Their
+    processes were killed already; that start finds them gone."""
+    ledger = Ledger(jobs_dir)
+    for job in recovered:
+        if job.record is not None and not job.daemon_alive:
+            ledger.add(job.record)
+
+
 def recover(jobs_dir: Path) -> list[RecoveredJob]:
     """Kill what the previous daemon's jobs left running; delete their records."""
     if not jobs_dir.is_dir():

@@ -31,7 +31,7 @@ from ..jobs.runner import install_child_watcher, reap_orphan_zombies
 from ..pipeline.batcher import Batch
 from ..pipeline.scheduler import Scheduler
 from ..repo.worktreeindex import WorktreeIndex, reindex
-from ..repo.worktrees import Worktree, WorktreeError, discover_async
+from ..repo.worktrees import Worktree
 from ..report.eventlog import configure_logging, get_logger
 from ..report.status import StatusBoard, load_previous
 from ..report.statuswriter import StatusWriter
@@ -55,9 +55,10 @@ from .jobglue import BoardHooks, JobGlue, path_or_none, report_recovered
 from .notify import Notifier
 from .ownfiles import own_files
 from .reaper import kill_leftovers, reap_periodically
-from .repopresence import RepoPresence
+from .repopresence import RepoPresence, discover_at_start
 from .sidebyside import SideBySide
-from .statedir import STATE_DIR_LOST, DaemonError, StateDirLock, tidy_state_dir
+from .statedir import STATE_DIR_LOST, StateDirLock, tidy_state_dir
+from .statedir import DaemonError as DaemonError  # re-exported: callers import it here
 
 REDISCOVER_EVERY_S = 10.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -179,10 +180,7 @@ class Daemon:
         janitor.become_subreaper()
         recovered = ledger.recover(self.jobs_dir)
         await self._start_backend()
-        try:
-            found = await discover_async(self.settings.worktrees, strict=True)
-        except WorktreeError as exc:
-            raise DaemonError(str(exc)) from exc
+        found = await discover_at_start(self.settings.worktrees, self.jobs_dir, recovered)
         self._set_worktrees(found, initial=True)
         previous = load_previous(d.status_file, self.log)
         if previous:

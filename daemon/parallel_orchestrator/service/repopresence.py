@@ -20,11 +20,27 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..jobs import ledger
 from ..repo.worktrees import Worktree, WorktreeError, discover_async, hidden_by_permission
 from ..report.status import StatusBoard
 from ..report.statuswriter import StatusWriter
 from ..settings.loader import WorktreeSettings
 from ..states import REPO_MISSING, REPO_OK
+from .statedir import DaemonError
+
+
+async def discover_at_start(
+    settings: WorktreeSettings, jobs_dir: Path, recovered: list[ledger.RecoveredJob]
+) -> list[Worktree]:
+    """The worktrees to serve at start-up; raises DaemonError (one line, exit 2). The
+    ledger was recovered already (orphans killed, records deleted): on a refusal its
+    records are put back, or a restart refused while the repository is missing lost
+    them and the next start never reported those jobs."""
+    try:
+        return await discover_async(settings, strict=True)
+    except WorktreeError as exc:
+        ledger.put_back(jobs_dir, recovered)
+        raise DaemonError(str(exc)) from exc
 
 
 class RepoPresence:
