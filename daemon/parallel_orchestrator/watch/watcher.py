@@ -170,9 +170,7 @@ class Watcher:
             self._paths = new
             if not grows:
                 return False
-            self._generation += 1
-            if not self._stop.is_set():  # stopped: nothing will arm, nobody may wait
-                self._armed.clear()
+            self._next_generation()
         return True
 
     def rearm(self) -> None:
@@ -182,9 +180,13 @@ class Watcher:
         the same path (or a worktree folder replaced) is not watched by the old arm at all.
         """
         with self._lock:
-            self._generation += 1
-            if not self._stop.is_set():  # see set_paths
-                self._armed.clear()
+            self._next_generation()
+
+    def _next_generation(self) -> None:
+        """Ask the thread for a new arm (under ``_lock``); ``wait_armed`` waits for it."""
+        self._generation += 1
+        if not self._stop.is_set():  # stopped: nothing will arm, nobody may wait
+            self._armed.clear()
 
     def set_step(self, step_ms: int) -> None:
         with self._lock:
