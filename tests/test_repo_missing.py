@@ -305,21 +305,31 @@ def test_a_daemon_started_on_a_missing_repository_creates_nothing_there(
         assert not repo.exists()
 
 
+def _gated_repo(tmp_path: Path, in_repo_state_dir: bool = False) -> tuple[Path, Path, Path]:
+    """(repo, gate, config): script ``py`` runs on a ``*.py`` edit until ``gate`` exists;
+    ``in_repo_state_dir``: the state dir is ``<repo>/.po-state``."""
+    gate = tmp_path / "gate"
+    _, trees = make_repo(tmp_path / "r", hypotheses=())
+    repo = trees["repo"]
+    wait_gate = f"while [ ! -e '{gate}' ]; do sleep 0.05; done"
+    daemon: dict[str, str] = {}
+    if in_repo_state_dir:
+        daemon["state_dir"] = os.fsdecode(repo / ".po-state")
+    config = write_config(
+        tmp_path / "cfg" / "po.toml",
+        repo,
+        [{"name": "py", "command": ["sh", "-c", wait_gate], "watch": ["**/*.py"]}],
+        **daemon,
+    )
+    return repo, gate, config
+
+
 def test_a_job_that_ends_while_the_state_dir_is_away_is_not_recovered_later(
     tmp_path: Path,
 ) -> None:
     """Its ledger record could not be removed (no folder); once the state dir is back the
     record goes, so the next start does not report the passed job as ``error``."""
-    gate = tmp_path / "gate"
-    _, trees = make_repo(tmp_path / "r", hypotheses=())
-    repo = trees["repo"]
-    wait_gate = f"while [ ! -e '{gate}' ]; do sleep 0.05; done"
-    config = write_config(
-        tmp_path / "cfg" / "po.toml",
-        repo,
-        [{"name": "py", "command": ["sh", "-c", wait_gate], "watch": ["**/*.py"]}],
-        state_dir=os.fsdecode(repo / ".po-state"),
-    )
+    repo, gate, config = _gated_repo(tmp_path, in_repo_state_dir=True)
     daemon = DaemonProcess(config)
     daemon.status_path = repo / ".po-state" / "status.json"
     try:
@@ -354,15 +364,7 @@ def test_a_start_refused_on_a_missing_repository_keeps_the_dead_daemons_job_reco
     it still is: the start killed the orphaned job and deleted its ledger record, then
     failed on discovery. The next start, once the repository was back, reported nothing:
     the job had vanished (cell ``never_run``), no ``job_recovered``, no ``error``."""
-    gate = tmp_path / "gate"
-    _, trees = make_repo(tmp_path / "r", hypotheses=())
-    repo = trees["repo"]
-    wait_gate = f"while [ ! -e '{gate}' ]; do sleep 0.05; done"
-    config = write_config(
-        tmp_path / "cfg" / "po.toml",
-        repo,
-        [{"name": "py", "command": ["sh", "-c", wait_gate], "watch": ["**/*.py"]}],
-    )
+    repo, gate, config = _gated_repo(tmp_path)
     daemon = DaemonProcess(config)
     try:
         daemon.wait_ready()

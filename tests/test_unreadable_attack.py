@@ -135,20 +135,25 @@ def test_a_checkout_in_a_worktree_that_was_unreadable_holds_its_runs(
         daemon.stop()
 
 
-def test_a_hidden_worktree_then_deleted_is_removed_promptly(
-    trees: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize("replacement", [None, "a file"], ids=["deleted", "replaced_by_a_file"])
+def test_a_hidden_worktree_then_gone_is_removed_promptly(
+    trees: dict[str, Path], tmp_path: Path, replacement: str | None
 ) -> None:
     """Nothing watched the hidden root, so its deletion was seen only by the periodic
-    round (10 s later). The watcher probes it every 0.5 s: gone is a deletion."""
+    round (10 s later). The watcher probes it every 0.5 s: gone is a deletion. Readable
+    again but no longer a folder (a file in its place): taking it back asks for a
+    rediscovery."""
     daemon = _start(tmp_path, trees)
     try:
         _hide_and_rediscover(daemon, trees, tmp_path)
         daemon.wait_event("worktree_unreadable", timeout=30)
         os.chmod(trees["hyp-1"], 0o755)
-        deleted_at = time.monotonic()
+        gone_at = time.monotonic()
         shutil.rmtree(trees["hyp-1"])
+        if replacement is not None:
+            trees["hyp-1"].write_text("not a worktree\n")
         (removed,) = daemon.wait_event("worktree_removed", timeout=30)
-        took = time.monotonic() - deleted_at
+        took = time.monotonic() - gone_at
         assert removed["hypothesis"] == "hyp-1"
         assert took < 6.0, f"removal seen after {took:.1f}s: by the periodic round"
     finally:
@@ -170,26 +175,6 @@ def test_a_worktree_unreadable_at_start_is_served_and_taken_in_once_readable(
         daemon.wait_event("watcher_restarted", timeout=30)
         _edit_runs(daemon, trees["hyp-1"])
         assert [e for e in daemon.events("worktree_added") if not e.get("initial")] == []
-    finally:
-        daemon.stop()
-
-
-def test_a_hidden_worktree_replaced_by_a_file_is_removed_promptly(
-    trees: dict[str, Path], tmp_path: Path
-) -> None:
-    """Readable again, but no longer a folder: taking it back asks for a rediscovery."""
-    daemon = _start(tmp_path, trees)
-    try:
-        _hide_and_rediscover(daemon, trees, tmp_path)
-        daemon.wait_event("worktree_unreadable", timeout=30)
-        os.chmod(trees["hyp-1"], 0o755)
-        replaced_at = time.monotonic()
-        shutil.rmtree(trees["hyp-1"])
-        trees["hyp-1"].write_text("not a worktree\n")
-        (removed,) = daemon.wait_event("worktree_removed", timeout=30)
-        took = time.monotonic() - replaced_at
-        assert removed["hypothesis"] == "hyp-1"
-        assert took < 6.0, f"removal seen after {took:.1f}s: by the periodic round"
     finally:
         daemon.stop()
 
