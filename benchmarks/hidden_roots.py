@@ -29,12 +29,7 @@ from pathlib import Path
 
 import tomli_w
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+from latency import cpu_seconds, make_trees  # same folder: run as a script
 
 
 def wait_for(predicate: Callable[[], object], timeout: float) -> object:
@@ -54,19 +49,6 @@ def mode_obeying_prefix() -> list[str]:
     if setpriv is None:
         raise SystemExit("running as root without setpriv: file modes cannot hide anything")
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
-
-
-def make_trees(base: Path, trees: int, files: int) -> list[Path]:
-    roots = []
-    for t in range(trees):
-        root = base / f"tree{t}"
-        for d in range(max(1, files // 100)):
-            folder = root / f"d{d}"
-            folder.mkdir(parents=True)
-            for f in range(min(100, files)):
-                (folder / f"f{f}.py").write_bytes(b"")
-        roots.append(root)
-    return roots
 
 
 def events(log: Path, name: str) -> int:

@@ -282,12 +282,9 @@ def make_repo(work: Path, burst: int) -> tuple[Path, Path]:
     return repo, repo / "pkg" / "mod.py"
 
 
-def idle_and_rss(
-    work: Path, trees: int, files: int, idle_s: float, debounce_ms: int
-) -> dict[str, object]:
-    """Idle CPU and RSS while watching ``trees`` folders of ``files`` files each."""
-    base = work / f"big{debounce_ms}"
-    paths = []
+def make_trees(base: Path, trees: int, files: int) -> list[Path]:
+    """``trees`` folders ``base/tree<n>`` of ``files`` empty ``.py`` files, 100 a folder."""
+    roots = []
     for t in range(trees):
         root = base / f"tree{t}"
         for d in range(max(1, files // 100)):
@@ -295,7 +292,16 @@ def idle_and_rss(
             folder.mkdir(parents=True)
             for f in range(min(100, files)):
                 (folder / f"f{f}.py").write_bytes(b"")
-        paths.append(os.fsdecode(root))
+        roots.append(root)
+    return roots
+
+
+def idle_and_rss(
+    work: Path, trees: int, files: int, idle_s: float, debounce_ms: int
+) -> dict[str, object]:
+    """Idle CPU and RSS while watching ``trees`` folders of ``files`` files each."""
+    base = work / f"big{debounce_ms}"
+    paths = [os.fsdecode(root) for root in make_trees(base, trees, files)]
     cfg = base / "po.toml"
     cfg.write_text(
         tomli_w.dumps(
